@@ -1,0 +1,269 @@
+"""One configuration for both model families, read from and written to their real `config.json`.
+
+LLaDA (OLMo-style keys such as `d_model`, `n_layers`, `mlp_hidden_size`) and Dream (Qwen2 keys such
+as `hidden_size`, `num_hidden_layers`, `intermediate_size`) describe the same network: a
+bidirectional pre-norm transformer with RoPE, RMSNorm and a SwiGLU FFN. Their differences
+become fields here (`qkv_bias`, `num_kv_heads`, `logit_shift`, `rope_full_precision`), so the
+model code has one path and no `if family == ...` branches. Unsupported variants of either format
+(ALiBi, LayerNorm, sliding windows, RoPE scaling, ...) are refused with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Family = Literal["llada", "dream"]
+
+MODEL_TYPES: dict[str, Family] = {"llada": "llada", "dream": "dream"}
+"""`model_type` values of config.json (compared case-insensitively) and the family they load as."""
+
+SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config.json this engine cannot run, with the key at fault in the message."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape and special tokens of a LLaDA- or Dream-layout model.
+
+    `head_dim`, `qkv_bias`, `logit_shift` and `rope_full_precision` follow from the family
+    unless given.
+    """
+
+    family: Family
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    qkv_bias: bool | None = None
+    max_position_embeddings: int = 4096
+    mask_token_id: int = 0
+    eos_token_id: int = 1
+    pad_token_id: int = 1
+    bos_token_id: int | None = None
+    eot_token_id: int | None = None
+    tie_word_embeddings: bool = False
+    torch_dtype: str = "float32"
+    head_dim: int = 0
+    logit_shift: bool | None = None
+    rope_full_precision: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.family not in ("llada", "dream"):
+            raise ConfigError(f"family must be 'llada' or 'dream', got {self.family!r}")
+        if self.num_heads <= 0 or self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads"
+            )
+        if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"{self.num_heads} attention heads cannot be grouped over "
+                f"{self.num_kv_heads} key/value heads (must divide)"
+            )
+        if self.head_dim == 0:
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        if self.qkv_bias is None:
+            self.qkv_bias = self.family == "dream"
+        if self.family == "dream" and not self.qkv_bias:
+            raise ConfigError("the Dream (Qwen2) layout always has q/k/v biases; set qkv_bias=True")
+        if self.logit_shift is None:
+            self.logit_shift = self.family == "dream"
+        if self.rope_full_precision is None:
+            self.rope_full_precision = self.family == "llada"
+        if self.torch_dtype not in SUPPORTED_DTYPES:
+            raise ConfigError(
+                f"torch_dtype {self.torch_dtype!r} is not supported; use one of {SUPPORTED_DTYPES}"
+            )
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+            token = getattr(self, name)
+            if not 0 <= token < self.vocab_size:
+                raise ConfigError(
+                    f"{name}={token} is outside the vocabulary [0, {self.vocab_size})"
+                )
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameter count implied by the shapes (embedding and head counted separately)."""
+        d, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        attention = d * d * 2 + d * kv * 2 + (d + 2 * kv if self.qkv_bias else 0)
+        ffn = 3 * d * self.intermediate_size
+        per_layer = attention + ffn + 2 * d
+        head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+    # ----------------------------------------------------------------- config.json <-> config
+
+    @classmethod
+    def from_hf_config(cls, raw: dict[str, Any]) -> ModelConfig:
+        """Read a Hugging Face `config.json` dictionary of either family."""
+        model_type = str(raw.get("model_type", ""))
+        family = MODEL_TYPES.get(model_type.lower())
+        if family is None:
+            raise ConfigError(
+                f"unsupported model_type {model_type!r} in config.json; dyllm runs LLaDA "
+                "(model_type 'llada') and Dream (model_type 'Dream') checkpoints"
+            )
+        return _read_llada(raw) if family == "llada" else _read_dream(raw)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The `config.json` dictionary the real family ships, for these shapes."""
+        return _write_llada(self) if self.family == "llada" else _write_dream(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _require(raw: dict[str, Any], key: str) -> Any:
+    if raw.get(key) is None:
+        raise ConfigError(f"config.json lacks the required key {key!r}")
+    return raw[key]
+
+
+def _refuse(raw: dict[str, Any], key: str, supported: Any, what: str) -> None:
+    value = raw.get(key, supported)
+    if value != supported:
+        raise ConfigError(f"config.json sets {key}={value!r}: {what} is not supported by dyllm")
+
+
+def _read_llada(raw: dict[str, Any]) -> ModelConfig:
+    _refuse(raw, "alibi", False, "ALiBi attention")
+    _refuse(raw, "rope", True, "a model without RoPE")
+    _refuse(raw, "layer_norm_type", "rms", "a norm other than RMSNorm")
+    _refuse(raw, "block_type", "llama", "a block type other than 'llama'")
+    _refuse(raw, "activation_type", "silu", "an activation other than SwiGLU/silu")
+    _refuse(raw, "attention_layer_norm", False, "QK layer norm")
+    _refuse(raw, "input_emb_norm", False, "embedding normalisation")
+    _refuse(raw, "scale_logits", False, "logit scaling")
+    d_model = _require(raw, "d_model")
+    n_heads = _require(raw, "n_heads")
+    n_kv_heads = raw.get("n_kv_heads")
+    if raw.get("multi_query_attention"):
+        n_kv_heads = 1
+    mlp_hidden = raw.get("mlp_hidden_size") or int(raw.get("mlp_ratio", 4) * d_model)
+    vocab = raw.get("embedding_size") or _require(raw, "vocab_size")
+    return ModelConfig(
+        family="llada",
+        vocab_size=vocab,
+        hidden_size=d_model,
+        num_layers=_require(raw, "n_layers"),
+        num_heads=n_heads,
+        num_kv_heads=n_kv_heads or n_heads,
+        intermediate_size=mlp_hidden,
+        rope_theta=float(raw.get("rope_theta", 10000.0)),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+        qkv_bias=bool(raw.get("include_qkv_bias") or raw.get("include_bias")),
+        max_position_embeddings=raw.get("max_sequence_length", 4096),
+        mask_token_id=raw.get("mask_token_id", 126336),
+        eos_token_id=_require(raw, "eos_token_id"),
+        pad_token_id=raw.get("pad_token_id", raw["eos_token_id"]),
+        bos_token_id=raw.get("bos_token_id"),
+        tie_word_embeddings=bool(raw.get("weight_tying", False)),
+        torch_dtype=_llada_dtype(raw),
+        rope_full_precision=bool(raw.get("rope_full_precision", True)),
+        extra={k: raw[k] for k in ("architectures",) if k in raw},
+    )
+
+
+def _llada_dtype(raw: dict[str, Any]) -> str:
+    if "torch_dtype" in raw:
+        return str(raw["torch_dtype"])
+    return "bfloat16" if "bf16" in str(raw.get("precision", "")) else "float32"
+
+
+def _read_dream(raw: dict[str, Any]) -> ModelConfig:
+    _refuse(raw, "rope_scaling", None, "RoPE scaling")
+    _refuse(raw, "use_sliding_window", False, "sliding-window attention")
+    _refuse(raw, "use_mrope", False, "multimodal RoPE")
+    _refuse(raw, "hidden_act", "silu", "an activation other than SwiGLU/silu")
+    hidden = _require(raw, "hidden_size")
+    heads = _require(raw, "num_attention_heads")
+    return ModelConfig(
+        family="dream",
+        vocab_size=_require(raw, "vocab_size"),
+        hidden_size=hidden,
+        num_layers=_require(raw, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=raw.get("num_key_value_heads") or heads,
+        intermediate_size=_require(raw, "intermediate_size"),
+        rope_theta=float(raw.get("rope_theta", 10000.0)),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        qkv_bias=True,
+        max_position_embeddings=raw.get("max_position_embeddings", 32768),
+        mask_token_id=_require(raw, "mask_token_id"),
+        eos_token_id=_require(raw, "eos_token_id"),
+        pad_token_id=raw.get("pad_token_id", raw["eos_token_id"]),
+        bos_token_id=raw.get("bos_token_id"),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        torch_dtype=str(raw.get("torch_dtype", "float32")),
+        extra={k: raw[k] for k in ("architectures",) if k in raw},
+    )
+
+
+def _write_llada(c: ModelConfig) -> dict[str, Any]:
+    return {
+        "architectures": ["LLaDAModelLM"],
+        "model_type": "llada",
+        "activation_type": "silu",
+        "alibi": False,
+        "attention_layer_norm": False,
+        "block_type": "llama",
+        "d_model": c.hidden_size,
+        "embedding_size": c.vocab_size,
+        "vocab_size": c.vocab_size,
+        "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id,
+        "mask_token_id": c.mask_token_id,
+        "include_bias": False,
+        "include_qkv_bias": c.qkv_bias,
+        "input_emb_norm": False,
+        "layer_norm_type": "rms",
+        "layer_norm_with_affine": True,
+        "max_sequence_length": c.max_position_embeddings,
+        "mlp_hidden_size": c.intermediate_size,
+        "n_heads": c.num_heads,
+        "n_kv_heads": c.num_kv_heads,
+        "n_layers": c.num_layers,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope": True,
+        "rope_full_precision": c.rope_full_precision,
+        "rope_theta": c.rope_theta,
+        "scale_logits": False,
+        "weight_tying": c.tie_word_embeddings,
+        "torch_dtype": c.torch_dtype,
+    }
+
+
+def _write_dream(c: ModelConfig) -> dict[str, Any]:
+    return {
+        "architectures": ["DreamModel"],
+        "model_type": "Dream",
+        "hidden_act": "silu",
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "num_hidden_layers": c.num_layers,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": None,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "vocab_size": c.vocab_size,
+        "mask_token_id": c.mask_token_id,
+        "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id,
+        "bos_token_id": c.bos_token_id if c.bos_token_id is not None else c.eos_token_id,
+        "torch_dtype": c.torch_dtype,
+    }

@@ -1,0 +1,279 @@
+"""Load an unmodified Hugging Face LLaDA or Dream folder into dyllm's own modules.
+
+Stance: safetensors only (a pickle can execute code when loaded, so `.bin` weights are refused),
+every key and shape checked against the model before a byte of weight is read, parameters created
+on the meta device and filled once from the files (no double allocation), and nothing returned
+half-loaded: any problem raises before the model is assembled, with a message naming the file or
+key at fault and what to do about it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from dyllm.models.config import ConfigError, ModelConfig
+from dyllm.models.keymaps import checkpoint_keys
+from dyllm.models.transformer import DiffusionTransformer
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+NAMES_SHOWN = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded, with the reason and the fix in the message."""
+
+
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> DiffusionTransformer:
+    """Load a LLaDA or Dream checkpoint folder (config.json + safetensors) for inference.
+
+    dtype defaults to the checkpoint's `torch_dtype`. The returned model is in eval mode without
+    gradients; `model.tokenizer` is the folder's tokenizer (None when it ships none) and
+    `model.generation_defaults` the contents of its generation_config.json.
+    """
+    folder = _checkpoint_folder(path)
+    config = read_config(folder)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype if dtype is not None else config.torch_dtype)
+    check_dtype_runs(dtype, device)
+    key_to_shard = locate_tensors(folder)
+
+    with torch.device("meta"):
+        model = DiffusionTransformer(config)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    expected = checkpoint_keys(config, shapes)
+    _check_key_sets(folder, expected, key_to_shard)
+    state = _read_tensors(key_to_shard, expected, device, dtype)
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.eval().requires_grad_(False)
+    _attach_tokenizer_and_defaults(model, folder)
+    return model
+
+
+def _checkpoint_folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{folder} is a file; pass the folder that holds config.json and the safetensors"
+        )
+    return folder
+
+
+def read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file} is not valid JSON ({error})") from error
+
+
+def read_config(folder: Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint folder, from its config.json."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json; a checkpoint folder holds config.json next to its "
+            "safetensors files (download the model's whole folder, not only the weights)"
+        )
+    raw = read_json(config_file)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{config_file} must hold a JSON object")
+    try:
+        return ModelConfig.from_hf_config(raw)
+    except ConfigError as error:
+        raise CheckpointError(f"{config_file}: {error}") from error
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("device 'cuda' was asked for but CUDA is not available; use 'cpu'")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise CheckpointError(
+                f"dtype {dtype} is not supported; use float32, float16 or bfloat16"
+            )
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(
+            f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16 (or fp32/fp16/bf16)"
+        )
+    return DTYPES[dtype]
+
+
+def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a dtype the device cannot compute in, before any weight is read."""
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise CheckpointError(
+            f"{torch.cuda.get_device_name(device)} cannot run bfloat16; pass dtype='float16' "
+            "or 'float32'"
+        )
+    try:
+        probe = torch.ones(2, 4, device=device, dtype=dtype)
+        torch.nn.functional.scaled_dot_product_attention(probe[None], probe[None], probe[None])
+        torch.nn.functional.linear(probe, probe).softmax(-1)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"dtype {dtype} cannot run on {device} ({error}); pass dtype='float32'"
+        ) from error
+
+
+def locate_tensors(folder: Path) -> dict[str, Path]:
+    """checkpoint key -> the safetensors file holding it, from the index or the single file."""
+    index_file = folder / INDEX_FILE
+    if index_file.is_file():
+        return _keys_from_index(folder, index_file)
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        with _open_safetensors(single) as handle:
+            return dict.fromkeys(handle.keys(), single)
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_SUFFIXES)
+    if pickled:
+        raise CheckpointError(
+            f"{folder} holds pickled weights ({', '.join(pickled[:NAMES_SHOWN])}); dyllm loads "
+            "safetensors only, because unpickling can execute code. Convert them to "
+            "model.safetensors with the safetensors library first"
+        )
+    raise FileNotFoundError(f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def _keys_from_index(folder: Path, index_file: Path) -> dict[str, Path]:
+    index = read_json(index_file)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_file} has no 'weight_map' object mapping keys to shards")
+    root = folder.resolve()
+    shards: dict[str, Path] = {}
+    for shard_name in sorted(set(weight_map.values())):
+        shard = (folder / str(shard_name)).resolve()
+        if Path(str(shard_name)).is_absolute() or not shard.is_relative_to(root):
+            raise CheckpointError(
+                f"{index_file} names the shard {shard_name!r}, which lies outside {folder}; "
+                "refusing to read it (shards must be files inside the checkpoint folder)"
+            )
+        if not shard.name.endswith(".safetensors"):
+            raise CheckpointError(
+                f"{index_file} names {shard_name!r}, which is not a .safetensors file; dyllm "
+                "loads safetensors only, because unpickling can execute code"
+            )
+        shards[shard_name] = shard
+    missing = [name for name, shard in shards.items() if not shard.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{index_file} names {len(missing)} shard(s) that are not in {folder}: "
+            f"{_names(missing)}; download the missing files"
+        )
+    return {key: shards[name] for key, name in weight_map.items()}
+
+
+def _check_key_sets(
+    folder: Path, expected: dict[str, tuple[str, tuple[int, ...]]], present: dict[str, Path]
+) -> None:
+    missing = sorted(set(expected) - set(present))
+    unexpected = sorted(set(present) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing: {_names(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_names(unexpected)}")
+    if problems:
+        raise CheckpointError(
+            f"the weights in {folder} do not match its config.json ({'; '.join(problems)}); "
+            "check that config.json belongs to these weights"
+        )
+
+
+def _read_tensors(
+    key_to_shard: dict[str, Path],
+    expected: dict[str, tuple[str, tuple[int, ...]]],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """Every tensor, checked for presence and shape, cast and moved: {parameter name: tensor}."""
+    by_shard: dict[Path, list[str]] = {}
+    for key, shard in key_to_shard.items():
+        by_shard.setdefault(shard, []).append(key)
+    state: dict[str, torch.Tensor] = {}
+    for shard, keys in sorted(by_shard.items()):
+        with _open_safetensors(shard) as handle:
+            stored = set(handle.keys())
+            absent = sorted(set(keys) - stored)
+            if absent:
+                raise CheckpointError(
+                    f"the index maps {_names(absent)} to {shard.name}, but that file does not "
+                    "contain them; the shard or the index is stale"
+                )
+            for key in sorted(keys):
+                name, shape = expected[key]
+                stored_shape = tuple(handle.get_slice(key).get_shape())
+                if stored_shape != shape:
+                    raise CheckpointError(
+                        f"{key} in {shard.name} has shape {list(stored_shape)}, but config.json "
+                        f"implies {list(shape)}; check that config.json belongs to these weights"
+                    )
+                try:
+                    tensor = handle.get_tensor(key)
+                except (SafetensorError, RuntimeError) as error:
+                    raise CheckpointError(f"cannot read {key} from {shard} ({error})") from error
+                state[name] = tensor.to(device=device, dtype=dtype)
+    return state
+
+
+def _open_safetensors(file: Path):
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({error}); it may be truncated or "
+            "corrupt: download it again"
+        ) from error
+
+
+def _attach_tokenizer_and_defaults(model: DiffusionTransformer, folder: Path) -> None:
+    from dyllm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(folder)
+    model.tokenizer = tokenizer
+    if tokenizer is not None and tokenizer.eot_token_id is not None:
+        model.config.eot_token_id = tokenizer.eot_token_id
+    generation_file = folder / "generation_config.json"
+    if generation_file.is_file():
+        raw = read_json(generation_file)
+        model.generation_defaults = {
+            key: value
+            for key, value in raw.items()
+            if value is not None and not key.startswith("_") and key != "transformers_version"
+        }
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")

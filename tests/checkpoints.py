@@ -1,0 +1,79 @@
+"""Small checkpoints in the real on-disk layouts, for tests that exercise the real loader.
+
+`shrunk_real_checkpoint` copies a real config.json from ../shared/hf, shrinks only the width keys
+(layer count, vocabulary and special tokens stay as shipped), writes random tensors into the
+shards the real `model.safetensors.index.json` names, and copies that index unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from dyllm.models import DiffusionTransformer, ModelConfig, preset, save_pretrained
+from dyllm.models.keymaps import checkpoint_keys
+
+SHARED = Path(os.environ.get("DYLLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+HF = SHARED / "hf"
+LLADA_DIR = HF / "LLaDA-8B-Instruct"
+DREAM_DIR = HF / "Dream-v0-Instruct-7B"
+
+WIDTH_OVERRIDES = {
+    "llada": {"d_model": 8, "n_heads": 2, "n_kv_heads": 2, "mlp_hidden_size": 16},
+    "dream": {
+        "hidden_size": 8,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 16,
+    },
+}
+
+
+def real_dir(family: str) -> Path:
+    return LLADA_DIR if family == "llada" else DREAM_DIR
+
+
+def tiny_model(family: str, seed: int = 0, **overrides: object) -> DiffusionTransformer:
+    """A randomly initialised tiny model of the family's layout (see dyllm.models.presets)."""
+    model = DiffusionTransformer(preset(f"tiny-{family}", **overrides))
+    model.reset_parameters(std=0.2, seed=seed)
+    return model.eval()
+
+
+def write_tiny_checkpoint(
+    family: str, folder: Path, *, seed: int = 0, max_shard_bytes: int | None = None
+) -> DiffusionTransformer:
+    """Save a tiny model of the family to `folder` and return it."""
+    model = tiny_model(family, seed)
+    save_pretrained(model, folder, max_shard_bytes=max_shard_bytes)
+    return model
+
+
+def shrunk_real_checkpoint(family: str, folder: Path, seed: int = 0) -> ModelConfig:
+    """A real config.json with narrow widths, shards laid out as the real index says."""
+    source = real_dir(family)
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = json.loads((source / "config.json").read_text())
+    raw.update(WIDTH_OVERRIDES[family])
+    (folder / "config.json").write_text(json.dumps(raw, indent=2))
+    config = ModelConfig.from_hf_config(raw)
+    with torch.device("meta"):
+        shapes = {n: tuple(p.shape) for n, p in DiffusionTransformer(config).named_parameters()}
+    generator = torch.Generator().manual_seed(seed)
+    expected = checkpoint_keys(config, shapes)
+    weight_map = json.loads((source / "model.safetensors.index.json").read_text())["weight_map"]
+    shards: dict[str, dict[str, torch.Tensor]] = {}
+    for key, shard in weight_map.items():
+        shape = expected[key][1]
+        tensor = torch.randn(shape, generator=generator) * 0.1
+        shards.setdefault(shard, {})[key] = tensor.to(torch.bfloat16)
+    for shard, tensors in shards.items():
+        save_file(tensors, str(folder / shard), metadata={"format": "pt"})
+    shutil.copy(source / "model.safetensors.index.json", folder)
+    shutil.copy(source / "generation_config.json", folder)
+    return config
