@@ -42,7 +42,7 @@ def tiny_model(family: str, seed: int = 0, **overrides: object) -> DiffusionTran
     """A randomly initialised tiny model of the family's layout (see dyllm.models.presets)."""
     model = DiffusionTransformer(preset(f"tiny-{family}", **overrides))
     model.reset_parameters(std=0.2, seed=seed)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 def write_tiny_checkpoint(

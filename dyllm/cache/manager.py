@@ -1,0 +1,121 @@
+"""Per-layer activation caches of the sparse step, allocated once per generate call.
+
+For each layer and each sequence of the batch the cache keeps what a row needs to be skipped at
+the next step:
+
+| buffer | shape | written when |
+|---|---|---|
+| `key` | [B, KV, L, D] | the row's K is recomputed (after RoPE) |
+| `value` | [B, KV, L, D] | the row's V is recomputed |
+| `context` | [B, L, H * D] | the row is a query (attention output before o_proj) |
+| `ffn_out` | [B, L, d] | the row goes through the FFN |
+
+Bookkeeping is plain tensors with asserted invariants: a `written` mask per layer and buffer
+records which rows hold data, so a read of a row never written fails loudly instead of returning
+zeros. The manager knows nothing about which rows matter; policies decide that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dyllm.models.config import ModelConfig
+
+BUFFERS = ("key", "value", "context", "ffn_out")
+
+
+class CacheInvariantError(AssertionError):
+    """A cache access that breaks an invariant (shape, row range, read before write)."""
+
+
+@dataclass
+class LayerCache:
+    """The four buffers of one layer and which of their rows have been written."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    context: torch.Tensor
+    ffn_out: torch.Tensor
+    written: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def buffer(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
+
+
+class CacheManager:
+    """Buffers for `num_layers` layers of a batch of `batch` sequences of `length` positions.
+
+    Row sets are boolean masks [B, L] or (batch_index, position) index pairs; every write marks
+    the rows written, every checked read asserts they were.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch: int,
+        length: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        check_invariants: bool = True,
+    ) -> None:
+        self.batch, self.length = batch, length
+        self.check_invariants = check_invariants
+        kv_shape = (batch, config.num_kv_heads, length, config.head_dim)
+        self.layers = []
+        for _ in range(config.num_layers):
+            layer = LayerCache(
+                key=torch.zeros(kv_shape, device=device, dtype=dtype),
+                value=torch.zeros(kv_shape, device=device, dtype=dtype),
+                context=torch.zeros(
+                    batch, length, config.num_heads * config.head_dim, device=device, dtype=dtype
+                ),
+                ffn_out=torch.zeros(batch, length, config.hidden_size, device=device, dtype=dtype),
+            )
+            layer.written = {
+                name: torch.zeros(batch, length, dtype=torch.bool, device=device)
+                for name in BUFFERS
+            }
+            self.layers.append(layer)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the activation buffers (bookkeeping masks excluded)."""
+        return sum(
+            layer.buffer(name).numel() * layer.buffer(name).element_size()
+            for layer in self.layers
+            for name in BUFFERS
+        )
+
+    def __getitem__(self, layer: int) -> LayerCache:
+        return self.layers[layer]
+
+    def mark_written(self, layer: int, name: str, rows: torch.Tensor | None = None) -> None:
+        """Record that `rows` (bool [B, L]; None = all) of a buffer now hold data."""
+        written = self.layers[layer].written[name]
+        if rows is None:
+            written.fill_(True)
+        else:
+            self._check_rows(rows)
+            written |= rows
+
+    def assert_written(self, layer: int, name: str, rows: torch.Tensor | None = None) -> None:
+        """Fail when any of `rows` (bool [B, L]; None = all) of a buffer was never written."""
+        if not self.check_invariants:
+            return
+        written = self.layers[layer].written[name]
+        unwritten = ~written if rows is None else rows & ~written
+        if bool(unwritten.any()):
+            batch_index, position = unwritten.nonzero()[0].tolist()
+            raise CacheInvariantError(
+                f"layer {layer} {name} cache read at row (sequence {batch_index}, position "
+                f"{position}) before anything was written there; run a dense step first"
+            )
+
+    def _check_rows(self, rows: torch.Tensor) -> None:
+        if self.check_invariants and rows.shape != (self.batch, self.length):
+            raise CacheInvariantError(
+                f"row mask of shape {tuple(rows.shape)} does not match the cache's "
+                f"[{self.batch}, {self.length}]"
+            )

@@ -1,0 +1,74 @@
+"""Recompute statistics of a generate call: how much of the network each step really ran.
+
+Per layer, two fractions of row-layer work: *attention* (rows whose K/V were recomputed and
+whose attention row was exact) and *FFN* (rows that went through the FFN), each over all rows of
+all steps, so a dense run reports 1.0 everywhere. The overall computed-token ratio is the FFN
+fraction averaged over layers: the share of the dense FFN work that was done. With `trace=True`
+the per-step fractions are kept too: query rows, and per layer attention and FFN (`dyllm trace`
+draws them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dyllm.models.sparse_step import LayerCounts
+
+
+class RecomputeStatistics:
+    """Accumulates per-layer recompute counts over the steps of one generate call."""
+
+    def __init__(self, num_layers: int, trace: bool = False) -> None:
+        self.num_layers = num_layers
+        self.rows_seen = 0
+        self.refreshed = [0] * num_layers
+        self.selected = [0] * num_layers
+        self.dense_steps = 0
+        self.sparse_steps = 0
+        self.trace: list[dict[str, Any]] | None = [] if trace else None
+
+    def record_dense(self, step: int, rows: int) -> None:
+        self.dense_steps += 1
+        self.rows_seen += rows
+        for layer in range(self.num_layers):
+            self.refreshed[layer] += rows
+            self.selected[layer] += rows
+        if self.trace is not None:
+            ones = [1.0] * self.num_layers
+            self.trace.append(
+                {"step": step, "dense": True, "queries": 1.0, "attention": ones, "ffn": ones}
+            )
+
+    def record_sparse(
+        self, step: int, rows: int, query_rows: int, counts: list[LayerCounts]
+    ) -> None:
+        self.sparse_steps += 1
+        self.rows_seen += rows
+        for layer, count in enumerate(counts):
+            self.refreshed[layer] += count.refreshed
+            self.selected[layer] += count.selected
+        if self.trace is not None:
+            self.trace.append(
+                {
+                    "step": step,
+                    "dense": False,
+                    "queries": query_rows / rows,
+                    "attention": [c.refreshed / rows for c in counts],
+                    "ffn": [c.selected / rows for c in counts],
+                }
+            )
+
+    def summary(self) -> dict[str, Any]:
+        seen = max(self.rows_seen, 1)
+        attention = [count / seen for count in self.refreshed]
+        ffn = [count / seen for count in self.selected]
+        summary: dict[str, Any] = {
+            "dense_steps": self.dense_steps,
+            "sparse_steps": self.sparse_steps,
+            "attention_fraction_per_layer": attention,
+            "ffn_fraction_per_layer": ffn,
+            "computed_token_ratio": sum(ffn) / max(len(ffn), 1),
+        }
+        if self.trace is not None:
+            summary["trace"] = self.trace
+        return summary

@@ -1,0 +1,169 @@
+"""State both samplers share: the canvas, the denoiser call, commits, early stop, progress.
+
+A sampler decides *what* to commit; this object does the bookkeeping around it: it builds the
+`StepContext` for each denoiser call, applies Dream's one-position logit shift
+(`logits = cat(logits[:, :1], logits[:, :-1])`, when `model.config.logit_shift`), records which
+positions each step committed (the next step's `newly_committed`), counts steps, and handles
+`stop_at_eos`.
+
+Early stop: a row's text is final once it holds an EOS with no mask before it, since committed
+tokens never change and the text ends at the first EOS. When every row is final the loop stops
+and fills the remaining masks with EOS. Rows that finish early stay in the batch and keep being
+denoised until all are final, so the others see the same batch (Dream's step size averages the
+mask count over rows) and produce the same tokens as without early stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dyllm.generation.batching import PromptBatch
+from dyllm.generation.context import Denoiser, StepContext
+
+
+class DenoisingLoop:
+    """The canvas `x` [B, P + G] and everything a step needs besides the unmasking rule."""
+
+    def __init__(
+        self,
+        batch: PromptBatch,
+        block_length: int,
+        denoiser: Denoiser,
+        generator: torch.Generator,
+        model_config: Any,
+        *,
+        stop_at_eos: bool = False,
+        progress: bool = False,
+        planned_steps: int | None = None,
+    ) -> None:
+        self.x = batch.canvas.clone()  # [B, P + G]
+        self.prompt_length = batch.prompt_length
+        self.gen_length = self.x.shape[1] - batch.prompt_length
+        self.block_length = block_length
+        self.denoiser = denoiser
+        self.generator = generator
+        self.mask_token_id: int = model_config.mask_token_id
+        self.eos_token_id: int | None = model_config.eos_token_id
+        self.eot_token_id: int | None = getattr(model_config, "eot_token_id", None)
+        self.logit_shift = bool(model_config.logit_shift)
+        self.stop_at_eos = stop_at_eos
+        self.steps_run = 0
+        self.done = False
+        self._newly_committed: torch.Tensor | None = None
+        self._progress = tqdm(
+            total=planned_steps, disable=not progress, desc="denoising", unit="step"
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    def block_bounds(self, block: int) -> tuple[int, int]:
+        """Absolute canvas columns [start, end) of `block`."""
+        start = self.prompt_length + block * self.block_length
+        return start, start + self.block_length
+
+    def block_columns(self, block: int) -> torch.Tensor:
+        """BoolTensor [1, P + G], True on the columns of `block`."""
+        start, end = self.block_bounds(block)
+        columns = torch.arange(self.x.shape[1], device=self.x.device)
+        return ((columns >= start) & (columns < end)).unsqueeze(0)
+
+    def masked(self) -> torch.Tensor:
+        """BoolTensor [B, P + G], True where the canvas still holds the mask token."""
+        return self.x == self.mask_token_id
+
+    def block_has_mask(self, block: int) -> bool:
+        start, end = self.block_bounds(block)
+        return bool((self.x[:, start:end] == self.mask_token_id).any())
+
+    def block_continues(self, block: int, step_in_block: int, steps: int, adaptive: bool) -> bool:
+        """Whether `block` gets another step: `steps` of them, or (adaptive) until no mask.
+
+        Adaptive rules commit at least one token per unfinished row and step, so a block never
+        needs more than `block_length` steps; more means a rule stopped making progress.
+        """
+        if not adaptive:
+            return step_in_block < steps
+        if not self.block_has_mask(block):
+            return False
+        if step_in_block >= self.block_length:
+            raise RuntimeError(
+                f"parallel decoding made no progress in block {block} after {step_in_block} "
+                "steps; a selection rule committed nothing for a row that still has masks"
+            )
+        return True
+
+    def logits(
+        self, block: int, step_in_block: int, unconditional: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Ask the denoiser for logits, shifted when the model needs it.
+
+        Without `unconditional`: logits [B, P + G, V] of the canvas. With it (CFG, a [B, P + G]
+        canvas whose prompt is masked): one call on the stack [x; unconditional], logits
+        [2B, P + G, V].
+        """
+        guidance = unconditional is not None
+        canvas = torch.cat([self.x, unconditional], dim=0) if guidance else self.x
+        newly_committed = self._newly_committed
+        if guidance and newly_committed is not None:
+            newly_committed = torch.cat([newly_committed, newly_committed], dim=0)
+        start, end = self.block_bounds(block)
+        context = StepContext(
+            step=self.steps_run,
+            block=block,
+            step_in_block=step_in_block,
+            block_start=start,
+            block_end=end,
+            prompt_length=self.prompt_length,
+            newly_committed=newly_committed,
+            first_step_in_block=step_in_block == 0,
+            classifier_free_guidance=guidance,
+        )
+        logits = self.denoiser(canvas, context)
+        if self.logit_shift:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    def commit(self, transfer: torch.Tensor, proposals: torch.Tensor) -> None:
+        """Write `proposals` [B, P + G] where `transfer` [B, P + G] is True; end the step."""
+        self.x = torch.where(transfer, proposals, self.x)
+        self._newly_committed = transfer
+        self.steps_run += 1
+        self._progress.update(1)
+        if self.stop_at_eos and self._every_row_final():
+            self._fill_masks_with_eos()
+            self.done = True
+
+    def close(self) -> None:
+        self._progress.close()
+
+    def generated(self) -> torch.Tensor:
+        """LongTensor [B, G]: the generation region of the canvas."""
+        return self.x[:, self.prompt_length :]
+
+    def _every_row_final(self) -> bool:
+        generated = self.generated()
+        first_eos = _first_index(generated == self.eos_token_id)
+        first_mask = _first_index(generated == self.mask_token_id)
+        return bool((first_eos < first_mask).all())
+
+    def _fill_masks_with_eos(self) -> None:
+        generated = self.generated()
+        self.x[:, self.prompt_length :] = generated.masked_fill(
+            generated == self.mask_token_id, self.eos_token_id
+        )
+
+
+def _first_index(hits: torch.Tensor) -> torch.Tensor:
+    """hits BoolTensor [B, G] -> LongTensor [B]: first True column, G when there is none."""
+    width = hits.shape[1]
+    first = hits.int().argmax(dim=1)
+    return torch.where(hits.any(dim=1), first, torch.full_like(first, width))

@@ -1,0 +1,22 @@
+"""Saliency policies: which rows each denoising step recomputes (see `base.SaliencyPolicy`)."""
+
+from dyllm.policies.adaptive import LayerAdaptive
+from dyllm.policies.base import LayerSignals, SaliencyPolicy, StepInfo, StepPlan
+from dyllm.policies.cosine import DEFAULT_TAU, CosineThreshold
+from dyllm.policies.dense import Dense, EveryRow
+from dyllm.policies.schedule import DyLLMSchedule
+from dyllm.policies.topk import TopK
+
+__all__ = [
+    "DEFAULT_TAU",
+    "CosineThreshold",
+    "Dense",
+    "DyLLMSchedule",
+    "EveryRow",
+    "LayerAdaptive",
+    "LayerSignals",
+    "SaliencyPolicy",
+    "StepInfo",
+    "StepPlan",
+    "TopK",
+]

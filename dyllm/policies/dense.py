@@ -1,0 +1,40 @@
+"""`Dense`: every row at every step, the reference samplers' cost (no cache at all), and
+`EveryRow`: the sparse machinery with every row refreshed and selected, the engine's contract
+(it must reproduce the dense forward)."""
+
+from __future__ import annotations
+
+import torch
+
+from dyllm.policies.base import LayerSignals, SaliencyPolicy, StepInfo, StepPlan
+
+
+class Dense(SaliencyPolicy):
+    """A full forward every step; the baseline every other policy is measured against."""
+
+    name = "dense"
+
+    def plan(self, step: StepInfo) -> StepPlan:
+        return StepPlan.dense_step()
+
+    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+        return signals.queries
+
+
+class EveryRow(SaliencyPolicy):
+    """Sparse steps in which every row is a query, refreshed and selected at every layer.
+
+    It exercises the whole sparse path (gathers, cache writes, exact attention rows, scatter)
+    while computing what the dense forward computes; tests hold it to dense generation.
+    """
+
+    name = "every-row"
+
+    def plan(self, step: StepInfo) -> StepPlan:
+        return StepPlan(dense=False, queries=step.all_rows, refresh=step.all_rows)
+
+    def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+        return signals.queries
+
+    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+        return signals.queries

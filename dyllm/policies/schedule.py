@@ -1,0 +1,53 @@
+"""DyLLM's step schedule, shared by the cosine, top-k and layer-adaptive policies.
+
+* The first `warmup_steps` steps of a generate call are dense: they fill every cache (DyLLM's
+  `num_full_steps`, 4 in all the authors' scripts). There is no later full refresh.
+* After warm-up, on `prompt_refresh_every - 1` of every `prompt_refresh_every` sparse steps only
+  the response rows are queries (prompt K/V, context and FFN stay cached); on the last one the
+  whole sequence is a query set, still processed sparsely.
+* Layer 0's refreshed rows are the positions the previous step committed.
+"""
+
+from __future__ import annotations
+
+from dyllm.policies.base import AttentionMode, SaliencyPolicy, StepInfo, StepPlan
+
+
+class DyLLMSchedule(SaliencyPolicy):
+    """Warm-up, response-focused queries and a periodic whole-sequence query step."""
+
+    def __init__(
+        self,
+        warmup_steps: int = 4,
+        prompt_refresh_every: int = 4,
+        attention: AttentionMode = "approximate",
+    ) -> None:
+        if warmup_steps < 1:
+            raise ValueError(
+                f"warmup_steps must be at least 1 (the first step fills the caches), got "
+                f"{warmup_steps}"
+            )
+        if prompt_refresh_every < 1:
+            raise ValueError(f"prompt_refresh_every must be at least 1, got {prompt_refresh_every}")
+        if attention not in ("approximate", "frozen"):
+            raise ValueError(f"attention must be 'approximate' or 'frozen', got {attention!r}")
+        self.warmup_steps = warmup_steps
+        self.prompt_refresh_every = prompt_refresh_every
+        self.attention = attention
+
+    def plan(self, step: StepInfo) -> StepPlan:
+        if step.step < self.warmup_steps:
+            return StepPlan.dense_step()
+        sparse_index = step.step - self.warmup_steps
+        whole_sequence = sparse_index % self.prompt_refresh_every == self.prompt_refresh_every - 1
+        queries = step.all_rows if whole_sequence else step.response_rows
+        committed = step.newly_committed
+        refresh = queries & committed if committed is not None else queries & ~queries
+        return StepPlan(dense=False, queries=queries, refresh=refresh)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **super().describe(),
+            "warmup_steps": self.warmup_steps,
+            "prompt_refresh_every": self.prompt_refresh_every,
+        }

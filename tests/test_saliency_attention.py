@@ -1,0 +1,109 @@
+"""The saliency attention reference against its definition, written row by row in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dyllm.kernels import PaddedRows, kernel, row_cosine, saliency_attention_reference
+
+
+def _case(seed: int, batch: int, heads: int, kv_heads: int, queries: int, length: int):
+    g = torch.Generator().manual_seed(seed)
+    dim = 8
+    q = torch.randn(batch, heads, queries, dim, generator=g)
+    key = torch.randn(batch, kv_heads, length, dim, generator=g)
+    value = torch.randn(batch, kv_heads, length, dim, generator=g)
+    context_old = torch.randn(batch, queries, heads * dim, generator=g)
+    # query rows are the last `queries` positions; refreshed columns anywhere (ragged per row)
+    query_index = torch.arange(length - queries, length).expand(batch, queries)
+    refreshed = torch.rand(batch, length, generator=g) < 0.3
+    refreshed[0, -1] = True
+    exact = refreshed.gather(1, query_index)
+    delta = torch.randn(batch, kv_heads, length, dim, generator=g) * refreshed[:, None, :, None]
+    key_mask = torch.ones(batch, length, dtype=torch.bool)
+    key_mask[-1, :2] = False
+    return q, key, value, context_old, exact, refreshed, delta, key_mask, query_index
+
+
+def _naive(q, key, value, context_old, exact, refreshed, delta, key_mask, approximate):
+    batch, heads, queries, dim = q.shape
+    group = heads // key.shape[1]
+    expected = context_old.double().clone()
+    for b in range(batch):
+        keep = key_mask[b]
+        for r in range(queries):
+            for h in range(heads):
+                kh = key[b, h // group].double()
+                scores = kh @ q[b, h, r].double() / math.sqrt(dim)
+                scores[~keep] = float("-inf")
+                p = torch.softmax(scores, dim=0)
+                cols = slice(h * dim, (h + 1) * dim)
+                if exact[b, r]:
+                    expected[b, r, cols] = p @ value[b, h // group].double()
+                elif approximate:
+                    update = torch.zeros(dim, dtype=torch.float64)
+                    for j in torch.nonzero(refreshed[b]).flatten().tolist():
+                        update += p[j] * delta[b, h // group, j].double()
+                    expected[b, r, cols] += update
+    return expected
+
+
+@pytest.mark.parametrize(
+    "batch,heads,kv_heads,queries,length", [(1, 2, 2, 5, 9), (3, 6, 2, 7, 12), (2, 5, 1, 4, 13)]
+)
+@pytest.mark.parametrize("approximate", [True, False], ids=["approximate", "frozen"])
+def test_matches_definition(batch, heads, kv_heads, queries, length, approximate) -> None:
+    q, key, value, context_old, exact, refreshed, delta, key_mask, _ = _case(
+        batch * 100 + heads, batch, heads, kv_heads, queries, length
+    )
+    columns = PaddedRows.from_mask(refreshed)
+    padded_delta = (
+        delta.gather(2, columns.index[:, None, :, None].expand(-1, kv_heads, -1, delta.shape[-1]))
+        * columns.valid[:, None, :, None]
+    )
+    context_new, cosine = saliency_attention_reference(
+        q, key, value, context_old, exact, columns, padded_delta, key_mask, approximate
+    )
+    expected = _naive(q, key, value, context_old, exact, refreshed, delta, key_mask, approximate)
+    torch.testing.assert_close(context_new.double(), expected, atol=1e-5, rtol=1e-5)
+    naive_cosine = torch.nn.functional.cosine_similarity(expected, context_old.double(), dim=-1)
+    torch.testing.assert_close(cosine.double(), naive_cosine, atol=1e-5, rtol=1e-5)
+    if not approximate:
+        assert torch.equal(context_new[~exact], context_old[~exact])
+
+
+def test_no_refreshed_rows_leaves_contexts_unchanged() -> None:
+    q, key, value, context_old, _, _, delta, key_mask, _ = _case(3, 2, 4, 2, 5, 9)
+    nothing = torch.zeros(2, 9, dtype=torch.bool)
+    columns = PaddedRows.from_mask(nothing)
+    context_new, cosine = saliency_attention_reference(
+        q, key, value, context_old, nothing[:, :5], columns, delta[:, :, :0], key_mask
+    )
+    assert torch.equal(context_new, context_old)
+    torch.testing.assert_close(cosine, torch.ones(2, 5), atol=1e-6, rtol=0)
+
+
+def test_padded_rows_list_positions_in_order() -> None:
+    mask = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    rows = PaddedRows.from_mask(mask)
+    assert rows.index.tolist() == [[1, 3, 4], [0, 0, 0], [0, 0, 0]]
+    assert rows.valid.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+
+
+def test_row_cosine_is_float32_over_the_last_dimension() -> None:
+    a = torch.tensor([[3.0, 4.0], [1.0, 0.0]], dtype=torch.bfloat16)
+    b = torch.tensor([[3.0, 4.0], [0.0, 2.0]], dtype=torch.bfloat16)
+    cosine = row_cosine(a, b)
+    assert cosine.dtype == torch.float32
+    torch.testing.assert_close(cosine, torch.tensor([1.0, 0.0]))
+
+
+def test_dispatch_forces_the_eager_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYLLM_KERNELS", "eager")
+    assert kernel("saliency_attention", torch.device("cpu")) is saliency_attention_reference
+    monkeypatch.setenv("DYLLM_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="DYLLM_KERNELS='fastest'"):
+        kernel("saliency_attention", torch.device("cpu"))
