@@ -57,14 +57,13 @@ def draw_trace(trace: dict[str, Any], out: str | Path) -> Path:
             interpolation="nearest",
         )
         axis.set_ylabel("layer")
+        axis.yaxis.get_major_locator().set_params(integer=True)
         axis.set_title(f"rows recomputed: {title}")
         figure.colorbar(image, ax=axis, label="fraction of rows")
     axes[1].set_xlabel("denoising step")
     policy = trace.get("policy", {})
-    figure.suptitle(
-        f"policy: {policy.get('name', '?')} "
-        + " ".join(f"{k}={v}" for k, v in policy.items() if k != "name")
-    )
+    details = ", ".join(f"{k}={v}" for k, v in policy.items() if k != "name" and v is not None)
+    figure.suptitle(f"policy {policy.get('name', '?')}\n{details}", fontsize=9)
     figure.tight_layout()
     out = Path(out)
     figure.savefig(out, dpi=120)

@@ -50,7 +50,7 @@ def load(
     gradients; `model.tokenizer` is the folder's tokenizer (None when it ships none) and
     `model.generation_defaults` the contents of its generation_config.json.
     """
-    folder = _checkpoint_folder(path)
+    folder = checkpoint_folder(path)
     config = read_config(folder)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype if dtype is not None else config.torch_dtype)
@@ -73,7 +73,7 @@ def load(
     return model
 
 
-def _checkpoint_folder(path: str | Path) -> Path:
+def checkpoint_folder(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if not folder.exists():
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist")

@@ -1,0 +1,295 @@
+"""The `dyllm` command line: `generate` text, print `info` about a checkpoint, draw a `trace`.
+
+Every option keeps the name the reference samplers use (`--steps`, `--gen-length`,
+`--block-length`, `--remasking`, `--alg`, ...). Options left unset are not passed on, so the
+checkpoint's generation_config.json and the family's defaults apply. Bad input ends with one line
+on stderr saying what to change and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dyllm.models.config import ConfigError
+from dyllm.models.loader import CheckpointError
+from dyllm.policies.registry import POLICY_NAMES
+from dyllm.reference.registry import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model_path
+
+USAGE_ERRORS = (ValueError, FileNotFoundError, CheckpointError, ConfigError, KeyError)
+
+SAMPLER_OPTIONS = {
+    # flag: (type, help)
+    "gen_length": (int, "number of tokens to generate (default 128)"),
+    "steps": (int, "denoising steps in all (default: gen length)"),
+    "block_length": (int, "semi-autoregressive block length (LLaDA default 32; Dream: one block)"),
+    "temperature": (float, "sampling temperature (0 = greedy)"),
+    "cfg_scale": (float, "LLaDA classifier-free guidance scale"),
+    "remasking": (str, "LLaDA unmasking rule: low_confidence or random"),
+    "alg": (str, "Dream unmasking rule: origin, maskgit_plus, topk_margin or entropy"),
+    "alg_temp": (float, "Dream: sample positions from softmax(confidence / alg_temp)"),
+    "top_p": (float, "Dream: nucleus filtering"),
+    "top_k": (int, "Dream: top-k filtering"),
+    "eps": (float, "Dream: final timestep"),
+    "threshold": (float, "Fast-dLLM parallel decoding: commit tokens above this confidence"),
+    "factor": (float, "Fast-dLLM parallel decoding: the factor rule"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except USAGE_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"dyllm {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dyllm", description="Fast inference for masked diffusion language models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate text from prompts")
+    generate.add_argument(
+        "prompts", nargs="*", help="prompt texts (a batch); none: read one prompt from stdin"
+    )
+    generate.add_argument("--model", help=_model_help())
+    generate.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    generate.add_argument(
+        "--token-ids", action="store_true", help="prompts are comma-separated token ids"
+    )
+    for name, (kind, text) in SAMPLER_OPTIONS.items():
+        generate.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    generate.add_argument("--logits-eos-inf", action="store_true", help="LLaDA: never sample EOS")
+    generate.add_argument(
+        "--confidence-eos-eot-inf", action="store_true", help="LLaDA: the reference's EoT option"
+    )
+    generate.add_argument(
+        "--stop-at-eos", action="store_true", help="stop once every row's finished blocks hold EOS"
+    )
+    policy = generate.add_argument_group("saliency policy (which rows each step recomputes)")
+    policy.add_argument(
+        "--policy", choices=POLICY_NAMES, default="dense", help="default dense (reference cost)"
+    )
+    policy.add_argument("--tau", type=float, help="dyllm: cosine threshold (LLaDA .99, Dream .995)")
+    policy.add_argument("--k", type=float, help="topk: rows per layer, or a fraction below 1")
+    policy.add_argument(
+        "--target-fraction",
+        type=float,
+        help="adaptive: calibrate per-layer taus on the prompts to recompute this share of rows",
+    )
+    policy.add_argument("--warmup-steps", type=int, help="dense steps first (default 4)")
+    policy.add_argument(
+        "--prompt-refresh-every", type=int, help="whole-sequence query step period (default 4)"
+    )
+    policy.add_argument(
+        "--attention", choices=("approximate", "frozen"), help="non-refreshed rows' attention"
+    )
+    policy.add_argument("--trace", type=Path, help="write per-step, per-layer fractions to a JSON")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    generate.add_argument("--dtype", help="float32, float16 or bfloat16 (default: checkpoint's)")
+    generate.add_argument("--json", action="store_true", help="print one JSON object")
+    generate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    generate.set_defaults(run=_run_generate)
+
+    trace = commands.add_parser("trace", help="draw a recompute trace as a PNG heatmap")
+    trace.add_argument("trace_file", type=Path, help="JSON written by `dyllm generate --trace`")
+    trace.add_argument("--out", type=Path, help="PNG path (default: next to the trace)")
+    trace.set_defaults(run=_run_trace)
+
+    info = commands.add_parser("info", help="describe a checkpoint folder without loading it")
+    info.add_argument("model", help="checkpoint folder (or a built-in model name)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=_run_info)
+    return parser
+
+
+def _model_help() -> str:
+    names = ", ".join(sorted(BUILTIN_MODELS))
+    return f"checkpoint folder or built-in name ({names}); default {DEFAULT_MODEL}"
+
+
+def resolve_model(name_or_path: str | None) -> Path:
+    """A checkpoint folder from a path or a built-in name; the built-in default when None."""
+    return resolve_model_path(name_or_path or DEFAULT_MODEL)
+
+
+def _read_prompts(args: argparse.Namespace) -> list:
+    prompts = list(args.prompts)
+    if not prompts:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise ValueError("give a prompt as an argument or on standard input")
+        text = sys.stdin.read().strip()
+        if not text:
+            raise ValueError("standard input held no prompt")
+        prompts = [text]
+    if not args.token_ids:
+        return prompts
+    try:
+        return [[int(token) for token in prompt.split(",")] for prompt in prompts]
+    except ValueError:
+        raise ValueError("--token-ids prompts must look like 12,7,301") from None
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import dyllm
+
+    prompts = _read_prompts(args)
+    model = dyllm.load(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    options = {name: getattr(args, name) for name in SAMPLER_OPTIONS}
+    options = {name: value for name, value in options.items() if value is not None}
+    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
+        if getattr(args, flag):
+            options[flag] = True
+    options.update(chat=args.chat, seed=args.seed)
+    policy = _policy(args, model, prompts, options)
+    result = dyllm.generate(
+        model,
+        prompts,
+        policy=policy,
+        trace=args.trace is not None,
+        progress=not (args.no_progress or args.json),
+        **options,
+    )
+    if args.trace is not None:
+        extra = result.stats.extra
+        args.trace.write_text(json.dumps({"policy": extra["policy"], "trace": extra["trace"]}))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    texts = result.texts or [",".join(map(str, ids)) for ids in result.token_ids]
+    for number, text in enumerate(texts):
+        prefix = f"[{number}] " if len(texts) > 1 else ""
+        print(prefix + text)
+    stats = result.stats
+    print(
+        f"\n{stats.generated_tokens} tokens in {stats.wall_time_s:.2f} s "
+        f"({stats.tokens_per_second:.1f} tokens/s), NFE {stats.nfe}, "
+        f"{stats.tokens_per_forward:.2f} tokens per forward",
+        file=sys.stderr,
+    )
+    if "computed_token_ratio" in stats.extra:
+        ffn = " ".join(f"{f:.2f}" for f in stats.extra["ffn_fraction_per_layer"])
+        print(
+            f"policy {stats.extra['policy']['name']}: computed-token ratio "
+            f"{stats.extra['computed_token_ratio']:.3f}, FFN rows per layer [{ffn}], "
+            f"cache {stats.extra['cache_bytes'] / 2**20:.1f} MiB",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _policy(args: argparse.Namespace, model, prompts: list, options: dict):
+    """The policy the flags name; `adaptive` is calibrated on the prompts themselves."""
+    from dyllm.policies import LayerAdaptive
+    from dyllm.policies.registry import make_policy
+
+    schedule = {
+        "warmup_steps": args.warmup_steps,
+        "prompt_refresh_every": args.prompt_refresh_every,
+        "attention": args.attention,
+    }
+    if args.policy == "adaptive":
+        if args.target_fraction is None:
+            raise ValueError("--policy adaptive needs --target-fraction (e.g. 0.2)")
+        schedule = {key: value for key, value in schedule.items() if value is not None}
+        attention = schedule.pop("attention", "approximate")
+        calibrated = LayerAdaptive.calibrate(
+            model, prompts, args.target_fraction, **schedule, **options
+        )
+        calibrated.attention = attention
+        return calibrated
+    if args.target_fraction is not None:
+        raise ValueError("--target-fraction applies to --policy adaptive only")
+    return make_policy(args.policy, model.config.family, tau=args.tau, k=args.k, **schedule)
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    from dyllm.engine.trace_plot import draw_trace, read_trace
+
+    trace = read_trace(args.trace_file)
+    out = draw_trace(trace, args.out or args.trace_file.with_suffix(".png"))
+    print(out)
+    return 0
+
+
+def describe_checkpoint(folder: Path) -> dict:
+    """Family, shapes, parameter count and memory per dtype, tokenizer and template found."""
+    from dyllm.models.loader import checkpoint_folder, locate_tensors, read_config
+    from dyllm.tokenizer import Tokenizer
+
+    folder = checkpoint_folder(folder)
+    config = read_config(folder)
+    key_to_shard = locate_tensors(folder)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    parameters = config.num_parameters
+    return {
+        "path": str(folder),
+        "family": config.family,
+        "layers": config.num_layers,
+        "hidden_size": config.hidden_size,
+        "heads": config.num_heads,
+        "kv_heads": config.num_kv_heads,
+        "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "checkpoint_dtype": config.torch_dtype,
+        "parameters": parameters,
+        "weight_memory_bytes": {
+            "float32": parameters * 4,
+            "bfloat16": parameters * 2,
+            "float16": parameters * 2,
+        },
+        "shards": len(set(key_to_shard.values())),
+        "tokenizer": None if tokenizer is None else {"vocab_size": tokenizer.vocab_size},
+        "chat_template": bool(tokenizer is not None and tokenizer.has_chat_template),
+        "mask_token_id": config.mask_token_id,
+        "eos_token_id": config.eos_token_id,
+    }
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    info = describe_checkpoint(resolve_model(args.model))
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    memory = info["weight_memory_bytes"]
+    tokenizer = info["tokenizer"]
+    lines = [
+        f"path           {info['path']}",
+        f"family         {info['family']}",
+        f"shape          {info['layers']} layers, d_model {info['hidden_size']}, "
+        f"{info['heads']} heads ({info['kv_heads']} kv), FFN {info['intermediate_size']}, "
+        f"vocab {info['vocab_size']}",
+        f"parameters     {info['parameters']:,} in {info['shards']} file(s), "
+        f"stored as {info['checkpoint_dtype']}",
+        f"weights        {_size(memory['float32'])} fp32, {_size(memory['bfloat16'])} bf16/fp16",
+        "tokenizer      "
+        + (
+            "none (generate from token ids)"
+            if tokenizer is None
+            else f"{tokenizer['vocab_size']} tokens"
+        ),
+        f"chat template  {'yes' if info['chat_template'] else 'no'}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
