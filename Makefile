@@ -1,0 +1,45 @@
+# Two entry points do all set-up on a fresh machine (see README):
+#   make generate   -> installs into .venv, then runs `dyllm generate` on the built-in default model
+#   make test       -> installs into .venv, then lint, tests and a strict docs build
+# torch is installed first as the CPU build (TORCH_SPEC), so the package's loose `torch`
+# requirement is already met and pip pulls no CUDA wheels; override TORCH_SPEC for a GPU build.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+PROMPT ?= sort 3141592653589793 =
+STAMP := $(VENV)/.installed
+
+.PHONY: install generate test test-slow test-gpu bench lint docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test,docs,plots]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+generate: install
+	$(BIN)/dyllm generate "$(PROMPT)"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+docs: install
+	$(BIN)/mkdocs build --strict --quiet --site-dir /tmp/dyllm-site
+
+test: lint docs
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+test-gpu: install
+	$(BIN)/python -m pytest -q -m gpu
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .ruff_cache
