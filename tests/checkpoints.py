@@ -19,6 +19,7 @@ from dyllm.models import DiffusionTransformer, ModelConfig, preset, save_pretrai
 from dyllm.models.keymaps import checkpoint_keys
 
 SHARED = Path(os.environ.get("DYLLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+"""The project's shared folder beside the checkout (override with DYLLM_SHARED)."""
 HF = SHARED / "hf"
 LLADA_DIR = HF / "LLaDA-8B-Instruct"
 DREAM_DIR = HF / "Dream-v0-Instruct-7B"

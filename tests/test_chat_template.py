@@ -3,28 +3,22 @@ output, the jinja settings transformers uses, and the errors a bad template or c
 
 Expected prompts come from `fixtures/tokenizer/expected.json`, rendered by transformers'
 `apply_chat_template` (see `make_expected.py`); the real templates and special-token names are
-read from `../shared/hf` (override with DYLLM_HF_DIR).
+read from `../shared/hf` (override with DYLLM_SHARED).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from dyllm.tokenizer import ChatTemplateError, TokenizerConfig, render_chat_template
+from tests.checkpoints import HF as HF_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HF_DIR = Path(os.environ.get("DYLLM_HF_DIR", REPO_ROOT.parent / "shared" / "hf"))
 EXPECTED = json.loads(
     (Path(__file__).parent / "fixtures" / "tokenizer" / "expected.json").read_text("utf-8")
-)
-
-needs_hf_files = pytest.mark.skipif(
-    not HF_DIR.is_dir(), reason=f"real Hugging Face tokenizer files not found in {HF_DIR}"
 )
 
 USER_HI = [{"role": "user", "content": "hi"}]
@@ -38,7 +32,6 @@ def _case_id(case: dict) -> str:
 # ----- the real templates against transformers ----------------------------------------------
 
 
-@needs_hf_files
 @pytest.mark.parametrize("case", EXPECTED["chat"], ids=_case_id)
 def test_real_template_renders_like_hugging_face(case: dict) -> None:
     config = TokenizerConfig.from_folder(HF_DIR / case["model"])
@@ -54,7 +47,6 @@ def test_real_template_renders_like_hugging_face(case: dict) -> None:
     assert rendered == case["rendered"]
 
 
-@needs_hf_files
 def test_fixture_covers_both_models_and_both_generation_prompt_settings() -> None:
     covered = {(case["model"], case["add_generation_prompt"]) for case in EXPECTED["chat"]}
     assert covered == {
@@ -64,7 +56,6 @@ def test_fixture_covers_both_models_and_both_generation_prompt_settings() -> Non
     }
 
 
-@needs_hf_files
 def test_llada_config_names_and_added_tokens() -> None:
     config = TokenizerConfig.from_folder(HF_DIR / "LLaDA-8B-Instruct")
     assert config.special_tokens == {
@@ -82,7 +73,6 @@ def test_llada_config_names_and_added_tokens() -> None:
     assert all(spec.special and not spec.normalized for spec in config.added_tokens)
 
 
-@needs_hf_files
 def test_dream_config_names_and_added_tokens() -> None:
     config = TokenizerConfig.from_folder(HF_DIR / "Dream-v0-Instruct-7B")
     # unk_token is null in the file: absent here, as in transformers' special_tokens_map

@@ -3,13 +3,12 @@
 
 Hugging Face's ids come from `fixtures/tokenizer/expected.json` (made by `make_expected.py`
 with transformers; these tests never import it). Dream's real vocabulary is read from
-`../shared/hf` (override with DYLLM_HF_DIR) once per module: it takes ~0.5 s.
+`../shared/hf` (override with DYLLM_SHARED) once per module: it takes ~0.5 s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import unicodedata
 from pathlib import Path
 
@@ -18,17 +17,12 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
 from dyllm.tokenizer import Tokenizer
+from tests.checkpoints import HF as HF_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HF_DIR = Path(os.environ.get("DYLLM_HF_DIR", REPO_ROOT.parent / "shared" / "hf"))
 DREAM_DIR = HF_DIR / "Dream-v0-Instruct-7B"
 LLADA_DIR = HF_DIR / "LLaDA-8B-Instruct"
 EXPECTED = json.loads(
     (Path(__file__).parent / "fixtures" / "tokenizer" / "expected.json").read_text("utf-8")
-)
-
-needs_hf_files = pytest.mark.skipif(
-    not DREAM_DIR.is_dir(), reason=f"real Hugging Face tokenizer files not found in {HF_DIR}"
 )
 
 
@@ -42,27 +36,23 @@ def dream() -> Tokenizer:
 # ----- Dream: byte-level BPE from vocab.json + merges.txt ------------------------------------
 
 
-@needs_hf_files
 @pytest.mark.parametrize("case", EXPECTED["dream_encode"], ids=lambda case: repr(case["text"])[:40])
 def test_dream_ids_equal_hugging_face(dream: Tokenizer, case: dict) -> None:
     assert dream.encode(case["text"]) == case["ids"]
 
 
-@needs_hf_files
 @pytest.mark.parametrize("case", EXPECTED["dream_decode"], ids=str)
 def test_dream_decode_equals_hugging_face(dream: Tokenizer, case: dict) -> None:
     decoded = dream.decode(case["ids"], skip_special_tokens=case["skip_special_tokens"])
     assert decoded == case["text"]
 
 
-@needs_hf_files
 def test_dream_decode_inverts_encode_up_to_nfc(dream: Tokenizer) -> None:
     for case in EXPECTED["dream_encode"]:
         text = case["text"]
         assert dream.decode(dream.encode(text)) == unicodedata.normalize("NFC", text)
 
 
-@needs_hf_files
 def test_dream_special_token_ids_match_reference(dream: Tokenizer) -> None:
     assert dream.eos_token_id == 151643
     assert dream.pad_token_id == 151643
@@ -82,7 +72,6 @@ def test_dream_special_token_ids_match_reference(dream: Tokenizer) -> None:
     }
 
 
-@needs_hf_files
 def test_dream_chat_prompt_equals_hugging_face(dream: Tokenizer) -> None:
     cases = [
         case
@@ -98,7 +87,6 @@ def test_dream_chat_prompt_equals_hugging_face(dream: Tokenizer) -> None:
         assert rendered == case["rendered"], case["conversation"]
 
 
-@needs_hf_files
 def test_dream_chat_prompt_encodes_to_chatml_ids(dream: Tokenizer) -> None:
     prompt = dream.apply_chat_template([{"role": "user", "content": "hi"}])
     system = dream.encode("system\nYou are a helpful assistant.")
@@ -116,25 +104,21 @@ def test_dream_chat_prompt_encodes_to_chatml_ids(dream: Tokenizer) -> None:
     ]
 
 
-@needs_hf_files
 def test_decode_leaves_out_ids_beyond_the_vocabulary(dream: Tokenizer) -> None:
     # Dream's embedding has 152064 rows, its tokenizer 151667 ids: the padding rows have no text.
     assert dream.decode([6023, 151700, 6023]) == "hihi"
 
 
-@needs_hf_files
 def test_decode_accepts_any_int_sequence(dream: Tokenizer) -> None:
     assert dream.decode((151644, 872)) == "<|im_start|>user"
     assert dream.decode(iter([872])) == "user"
 
 
-@needs_hf_files
 def test_decode_rejects_negative_ids(dream: Tokenizer) -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         dream.decode([872, -1])
 
 
-@needs_hf_files
 def test_encode_rejects_non_strings(dream: Tokenizer) -> None:
     with pytest.raises(TypeError, match="one string"):
         dream.encode(["hi"])  # type: ignore[arg-type]
@@ -147,7 +131,6 @@ def test_folder_without_tokenizer_files_gives_none(tmp_path: Path) -> None:
     assert Tokenizer.from_pretrained(tmp_path) is None
 
 
-@needs_hf_files
 def test_config_without_vocabulary_gives_none() -> None:
     # The shared LLaDA folder has tokenizer_config.json but not its tokenizer.json.
     assert Tokenizer.from_pretrained(LLADA_DIR) is None
@@ -292,7 +275,6 @@ def _write_llada_style_folder(folder: Path, specials_in_tokenizer_json: bool) ->
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
 
 
-@needs_hf_files
 @pytest.mark.parametrize("specials_in_tokenizer_json", [True, False])
 def test_llada_style_tokenizer_json(tmp_path: Path, specials_in_tokenizer_json: bool) -> None:
     _write_llada_style_folder(tmp_path, specials_in_tokenizer_json)
