@@ -107,6 +107,7 @@ class TinyBidirectionalLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        logit_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         batch, length = input_ids.shape
         if position_ids is None:
@@ -116,6 +117,8 @@ class TinyBidirectionalLM(nn.Module):
         if attention_mask is not None:
             scores = scores.masked_fill(~attention_mask.bool()[:, None, :], float("-inf"))
         h = h + torch.softmax(scores, dim=-1) @ (h @ self.value) @ self.output
+        if logit_range is not None:
+            h = h[:, logit_range[0] : logit_range[1]]
         logits = 4.0 * torch.tanh(h) @ self.head  # [B, L, V]
         # A trained model almost never proposes the mask token; keep the mock the same.
         return logits - 30.0 * (torch.arange(logits.shape[-1]) == self.config.mask_token_id)
@@ -153,6 +156,7 @@ class ScriptedLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        logit_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         self.calls.append(input_ids.clone())
         batch, length = input_ids.shape
@@ -167,7 +171,8 @@ class ScriptedLM(nn.Module):
             first_token = int(input_ids[row, first_columns[row]])
             table = self.tables.get(first_token, self.tables.get(None))
             rows.append(table[position_ids[row]])
-        return torch.stack(rows)
+        logits = torch.stack(rows)
+        return logits if logit_range is None else logits[:, logit_range[0] : logit_range[1]]
 
 
 class RecordingDenoiser(DenseDenoiser):

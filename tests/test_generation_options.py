@@ -332,7 +332,7 @@ class CountingDenoiser(Denoiser):
     def __call__(self, x, ctx):
         self.calls += 1
         self.nfe += 1
-        logits = torch.zeros(*x.shape, VOCAB_SIZE)
+        logits = torch.zeros(x.shape[0], ctx.logit_end - ctx.logit_start, VOCAB_SIZE)
         logits[..., C] = 1.0
         return logits
 
@@ -344,6 +344,15 @@ def test_custom_denoisers_report_extra_stats():
     result = generate(scripted(), [A], gen_length=4, steps=4, denoiser_factory=CountingDenoiser)
     assert result.token_ids == [[C] * 4]
     assert result.stats.extra == {"calls": 4} and result.stats.nfe == 4
+
+
+def test_a_denoiser_returning_the_wrong_shape_is_named():
+    class WholeCanvas(CountingDenoiser):
+        def __call__(self, x, ctx):
+            return torch.zeros(*x.shape, VOCAB_SIZE)
+
+    with pytest.raises(ValueError, match=r"WholeCanvas returned logits of shape \[1, 5, "):
+        generate(scripted(), [A], gen_length=4, steps=4, denoiser_factory=WholeCanvas)
 
 
 def test_progress_bar(capsys):

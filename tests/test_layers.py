@@ -119,3 +119,11 @@ def test_forward_is_bidirectional() -> None:
     changed = ids.clone()
     changed[0, -1] = (ids[0, -1] + 1) % 90
     assert not torch.allclose(model(ids)[0, 0], model(changed)[0, 0])
+
+
+def test_logit_range_applies_the_head_to_those_positions_only() -> None:
+    model = tiny_model("dream", seed=2)
+    ids = torch.randint(2, 90, (2, 10), generator=_generator(8))
+    window = model(ids, logit_range=(3, 7))
+    assert window.shape == (2, 4, model.config.vocab_size)
+    torch.testing.assert_close(window, model(ids)[:, 3:7], atol=1e-6, rtol=1e-6)

@@ -37,20 +37,21 @@ def reference_llada(model, prompt, steps, gen_length, block_length, temperature,
             for i in range(steps_per_block)
         ]
         for i in range(steps_per_block):
-            logits = model(x)[0]  # [L, V]
+            # The reference draws noise for every position; only the block's can be committed,
+            # so dyllm (and this oracle) draw for the block's columns alone.
+            logits = model(x)[0, start:end]  # [W, V]
             if temperature > 0:
                 uniform = torch.rand(logits.shape, dtype=torch.float64, generator=generator)
                 x0 = (logits.double().exp() / (-uniform.log()) ** temperature).argmax(-1)
             else:
                 x0 = logits.argmax(-1)
             if remasking == "low_confidence":
-                confidence = torch.softmax(logits, -1)[torch.arange(x.shape[1]), x0]
+                confidence = torch.softmax(logits, -1)[torch.arange(block_length), x0]
             else:
-                confidence = torch.rand(x.shape[1], generator=generator)
-            confidence[end:] = -math.inf
-            confidence[x[0] != MASK] = -math.inf
+                confidence = torch.rand(block_length, generator=generator)
+            confidence[x[0, start:end] != MASK] = -math.inf
             chosen = torch.topk(confidence, per_step[i]).indices
-            x[0, chosen] = x0[chosen]
+            x[0, start + chosen] = x0[chosen]
     return x[0, len(prompt) :].tolist()
 
 

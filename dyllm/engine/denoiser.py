@@ -3,9 +3,8 @@
 It owns the `CacheManager` of one generate call (allocated at the first step, for the batch the
 sampler passes: 2B rows under classifier-free guidance) and, each step, asks the policy for a
 plan, then runs either the dense step (which refills every cache) or the sparse step, and keeps
-the per-layer statistics. Logits of rows that were not queries are NaN: the samplers never read
-them (they read masked positions, which every policy keeps among its queries), and NaN makes a
-violation visible instead of silently stale.
+the per-layer statistics. Logits are computed for the columns the sampler reads
+(`ctx.logit_start` to `ctx.logit_end`); a plan whose queries do not cover them is refused.
 """
 
 from __future__ import annotations
@@ -69,23 +68,28 @@ class SaliencyDenoiser(Denoiser):
         self.nfe += copies
         if plan.dense:
             self.statistics.record_dense(ctx.step, batch * length)
-            return forward_filling_cache(self.model, x, key_mask, positions, self.cache)
-        return self._sparse(x, step, plan, key_mask, positions)
+            return forward_filling_cache(
+                self.model, x, key_mask, positions, self.cache, (ctx.logit_start, ctx.logit_end)
+            )
+        return self._sparse(x, step, plan, key_mask, positions, ctx)
 
-    def _sparse(self, x, step: StepInfo, plan, key_mask, positions) -> torch.Tensor:
+    def _sparse(
+        self, x, step: StepInfo, plan, key_mask, positions, ctx: StepContext
+    ) -> torch.Tensor:
         if plan.queries is None or plan.refresh is None:
             raise ValueError(f"policy {self.policy.name!r} planned a sparse step without rows")
-        shift = step.prompt_length - step.response_start
-        needed = torch.zeros_like(step.masked)
-        block = slice(step.block_start - shift, step.block_end - shift)
-        needed[:, block] = step.masked[:, step.block_start : step.block_end]
-        if bool((needed & ~plan.queries).any()):
+        if not bool(plan.queries[:, ctx.logit_start : ctx.logit_end].all()):
             raise ValueError(
                 f"policy {self.policy.name!r} left rows out of its queries whose logits the "
-                "sampler reads (masked positions of the current block, one column earlier for "
-                "models with a logit shift)"
+                f"sampler reads (columns {ctx.logit_start}..{ctx.logit_end - 1}: the current "
+                "block, one column earlier for models with a logit shift)"
             )
         query_index = query_index_of(plan.queries)
+        # the window's columns are all queries, so in each row they are consecutive slots of
+        # the (ascending) query positions, starting after the queries left of the window
+        first_slot = (query_index < ctx.logit_start).sum(dim=1, keepdim=True)  # [B, 1]
+        window = torch.arange(ctx.logit_end - ctx.logit_start, device=x.device)
+        logit_rows = first_slot + window  # [B, W]
         cos, sin = self.model.rope(positions.gather(1, query_index))
         state = SparseStepState(
             cache=self.cache,
@@ -98,10 +102,8 @@ class SaliencyDenoiser(Denoiser):
             key_mask=key_mask,
             incoming=plan.refresh & plan.queries,
         )
-        query_logits = sparse_forward(self.model, x, state)  # [B, Q, V]
+        logits = sparse_forward(self.model, x, state, logit_rows)  # [B, W, V]
         batch, length = x.shape
-        logits = query_logits.new_full((batch, length, query_logits.shape[-1]), float("nan"))
-        logits.scatter_(1, query_index[..., None].expand_as(query_logits), query_logits)
         self.statistics.record_sparse(step.step, batch * length, query_index.numel(), state.counts)
         return logits
 

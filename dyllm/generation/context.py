@@ -2,7 +2,8 @@
 
 Samplers never call the model. They call a `Denoiser` with the current canvas and a
 `StepContext` that says where the loop stands (step, block, what the previous step committed).
-`DenseDenoiser` runs the full forward every step, as the reference samplers do; the saliency
+`DenseDenoiser` runs the full forward every step, as the reference samplers do (the LM head
+only on the columns the sampler reads); the saliency
 engine plugs in its own `Denoiser` that recomputes only the rows that changed, using the same
 context (the positions committed last step are exactly its layer-0 salient set).
 
@@ -46,6 +47,11 @@ class StepContext:
     input, so under CFG both halves carry the same positions); None at the first step."""
     first_step_in_block: bool
     """True at the first step of each block."""
+    logit_start: int
+    """First canvas column whose logits the sampler reads: the block's first column, one
+    earlier for models with Dream's logit shift (position i is predicted from i - 1)."""
+    logit_end: int
+    """One past the last such column."""
     classifier_free_guidance: bool = False
     """True when the input stacks [conditional; unconditional] canvases (2B rows)."""
 
@@ -63,7 +69,11 @@ class Denoiser(ABC):
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """x: LongTensor [rows, L] -> logits [rows, L, V], unshifted, in the model dtype."""
+        """x: LongTensor [rows, L] -> logits [rows, W, V] of columns logit_start..logit_end-1.
+
+        Only the sampler's window gets logits: the LM head (126k x 4096 for LLaDA) is never
+        applied to rows nobody reads. Unshifted, in the model dtype.
+        """
 
     def extra_stats(self) -> dict[str, Any]:
         """Statistics beyond the common ones; JSON-serialisable values."""
@@ -93,7 +103,12 @@ class DenseDenoiser(Denoiser):
         copies = 2 if ctx.classifier_free_guidance else 1
         attention_mask = _repeat_rows(self.attention_mask, copies)
         position_ids = _repeat_rows(self.position_ids, copies)
-        logits = self.model(x, attention_mask=attention_mask, position_ids=position_ids)
+        logits = self.model(
+            x,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logit_range=(ctx.logit_start, ctx.logit_end),
+        )
         self.nfe += copies
         return logits
 

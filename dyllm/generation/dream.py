@@ -37,11 +37,10 @@ def run_dream(loop: DenoisingLoop, config: GenerationConfig) -> None:
     steps_per_block = 0 if config.adaptive else config.steps // config.num_blocks
     timesteps = dream_timesteps(steps_per_block, config.eps, loop.x.device)
     for block in range(loop.num_blocks):
-        block_columns = loop.block_columns(block)  # [1, P + G]
         step_in_block = 0
         while loop.block_continues(block, step_in_block, steps_per_block, config.adaptive):
-            masked = loop.masked() & block_columns  # [B, P + G]
-            logits = loop.logits(block, step_in_block)  # [B, P + G, V], shifted
+            masked = loop.block_masked(block)  # [B, W]
+            logits = loop.logits(block, step_in_block)  # [B, W, V], shifted
             masked_logits = logits[masked]  # [N, V]
             if config.adaptive:
                 transfer, proposals = _parallel_step(loop, config, masked, masked_logits)
@@ -53,7 +52,7 @@ def run_dream(loop: DenoisingLoop, config: GenerationConfig) -> None:
                 transfer, proposals = _ranked_step(
                     loop, config, masked, masked_logits, timesteps, step_in_block, steps_per_block
                 )
-            loop.commit(transfer, proposals)
+            loop.commit_block(block, transfer, proposals)
             if loop.done:
                 return
             step_in_block += 1
@@ -86,7 +85,7 @@ def _origin_step(
     )
     transfer = torch.zeros_like(masked)
     transfer[masked] = reveal
-    proposals = loop.x.clone()
+    proposals = torch.full_like(masked, loop.mask_token_id, dtype=torch.long)
     proposals[masked] = tokens
     return transfer, proposals
 
@@ -142,7 +141,7 @@ def _parallel_step(
 def _on_canvas(
     masked: torch.Tensor, confidence: torch.Tensor, tokens: torch.Tensor, mask_token_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spread per-masked-position values [N] back onto the canvas [B, P + G].
+    """Spread per-masked-position values [N] back onto the block [B, W].
 
     -> (confidence, -inf off the masked positions; proposals, the mask token off them).
     """

@@ -5,8 +5,9 @@ num_blocks` steps each; at every step a full denoiser call (two stacked canvases
 combined as `un + (cfg_scale + 1) * (cond - un)`), proposals from Gumbel-max (argmax at
 temperature 0), and per row the `k` most confident masked positions of the current block are
 committed, `k` from `llada_transfer_counts`. Only masked positions of the current block are
-candidates; the reference's rule (-inf after the block and on decoded positions) picks the same
-set, since no mask is ever left before the current block.
+candidates, so only the block's logits are asked for; the reference's rule (-inf after the
+block and on decoded positions) picks the same set, since no mask is ever left before the
+current block. Random draws (Gumbel noise, random remasking) are made for the block's columns.
 
 With `threshold` or `factor` (Fast-dLLM parallel decoding) each block runs until it has no mask
 left, whatever `steps` says; confidences are then float64 softmax probabilities as in Fast-dLLM.
@@ -29,17 +30,13 @@ def run_llada(loop: DenoisingLoop, config: GenerationConfig) -> None:
     """Denoise `loop.x` in place until every block is decoded (or early stop)."""
     steps_per_block = config.steps // config.num_blocks
     for block in range(loop.num_blocks):
-        start, end = loop.block_bounds(block)
-        block_columns = loop.block_columns(block)  # [1, P + G]
         counts = None
         if not config.adaptive:
-            counts = llada_transfer_counts(
-                loop.x[:, start:end] == loop.mask_token_id, steps_per_block
-            )
+            counts = llada_transfer_counts(loop.block_masked(block), steps_per_block)
         step_in_block = 0
         while loop.block_continues(block, step_in_block, steps_per_block, config.adaptive):
-            masked = loop.masked()  # [B, P + G]
-            logits = _step_logits(loop, config, block, step_in_block)
+            masked = loop.block_masked(block)  # [B, W]
+            logits = _step_logits(loop, config, block, step_in_block)  # [B, W, V]
             if config.logits_eos_inf:
                 eos = torch.tensor([loop.eos_token_id], device=logits.device)
                 logits = logits.index_fill(-1, eos, NEG_INF)
@@ -53,15 +50,14 @@ def run_llada(loop: DenoisingLoop, config: GenerationConfig) -> None:
                 eos_token_id=loop.eos_token_id,
                 eot_token_id=loop.eot_token_id,
             )
-            eligible = masked & block_columns
             if config.threshold is not None:
-                transfer = threshold_selection(confidence, eligible, config.threshold)
+                transfer = threshold_selection(confidence, masked, config.threshold)
             elif config.factor is not None:
-                transfer = factor_selection(confidence, eligible, config.factor)
+                transfer = factor_selection(confidence, masked, config.factor)
             else:
-                ranked = confidence.masked_fill(~eligible, NEG_INF)
+                ranked = confidence.masked_fill(~masked, NEG_INF)
                 transfer = top_k_per_row(ranked, counts[:, step_in_block])
-            loop.commit(transfer, proposals)
+            loop.commit_block(block, transfer, proposals)
             if loop.done:
                 return
             step_in_block += 1
@@ -70,11 +66,11 @@ def run_llada(loop: DenoisingLoop, config: GenerationConfig) -> None:
 def _step_logits(
     loop: DenoisingLoop, config: GenerationConfig, block: int, step_in_block: int
 ) -> torch.Tensor:
-    """logits [B, P + G, V], guided when cfg_scale > 0."""
+    """logits [B, W, V] of the block's columns, guided when cfg_scale > 0."""
     if config.cfg_scale <= 0:
         return loop.logits(block, step_in_block)
     unconditional = loop.x.clone()
     unconditional[:, : loop.prompt_length] = loop.mask_token_id
-    stacked = loop.logits(block, step_in_block, unconditional=unconditional)  # [2B, P + G, V]
+    stacked = loop.logits(block, step_in_block, unconditional=unconditional)  # [2B, W, V]
     conditional, unconditional_logits = stacked.chunk(2, dim=0)
     return unconditional_logits + (config.cfg_scale + 1) * (conditional - unconditional_logits)

@@ -1,9 +1,11 @@
 """State both samplers share: the canvas, the denoiser call, commits, early stop, progress.
 
 A sampler decides *what* to commit; this object does the bookkeeping around it: it builds the
-`StepContext` for each denoiser call, applies Dream's one-position logit shift
-(`logits = cat(logits[:, :1], logits[:, :-1])`, when `model.config.logit_shift`), records which
-positions each step committed (the next step's `newly_committed`), counts steps, and handles
+`StepContext` for each denoiser call, asks for the logits of the current block only (the sampler
+never reads others: LLaDA gives every position outside the block -inf confidence, Dream's blocks
+likewise), applies Dream's one-position logit shift (block column c reads the logits of position
+c - 1, as `cat(logits[:, :1], logits[:, :-1])` does in the reference), records which positions
+each step committed (the next step's `newly_committed`), counts steps, and handles
 `stop_at_eos`.
 
 Early stop: a row's text is final once it holds an EOS with no mask before it, since committed
@@ -70,16 +72,6 @@ class DenoisingLoop:
         start = self.prompt_length + block * self.block_length
         return start, start + self.block_length
 
-    def block_columns(self, block: int) -> torch.Tensor:
-        """BoolTensor [1, P + G], True on the columns of `block`."""
-        start, end = self.block_bounds(block)
-        columns = torch.arange(self.x.shape[1], device=self.x.device)
-        return ((columns >= start) & (columns < end)).unsqueeze(0)
-
-    def masked(self) -> torch.Tensor:
-        """BoolTensor [B, P + G], True where the canvas still holds the mask token."""
-        return self.x == self.mask_token_id
-
     def block_has_mask(self, block: int) -> bool:
         start, end = self.block_bounds(block)
         return bool((self.x[:, start:end] == self.mask_token_id).any())
@@ -104,11 +96,11 @@ class DenoisingLoop:
     def logits(
         self, block: int, step_in_block: int, unconditional: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Ask the denoiser for logits, shifted when the model needs it.
+        """Logits of the current block's columns, shifted when the model needs it.
 
-        Without `unconditional`: logits [B, P + G, V] of the canvas. With it (CFG, a [B, P + G]
-        canvas whose prompt is masked): one call on the stack [x; unconditional], logits
-        [2B, P + G, V].
+        Without `unconditional`: logits [B, W, V], W the block length, row w for canvas column
+        block_start + w. With it (CFG, a [B, P + G] canvas whose prompt is masked): one call on
+        the stack [x; unconditional], logits [2B, W, V].
         """
         guidance = unconditional is not None
         canvas = torch.cat([self.x, unconditional], dim=0) if guidance else self.x
@@ -116,6 +108,7 @@ class DenoisingLoop:
         if guidance and newly_committed is not None:
             newly_committed = torch.cat([newly_committed, newly_committed], dim=0)
         start, end = self.block_bounds(block)
+        shift = 1 if self.logit_shift else 0
         context = StepContext(
             step=self.steps_run,
             block=block,
@@ -125,11 +118,18 @@ class DenoisingLoop:
             prompt_length=self.prompt_length,
             newly_committed=newly_committed,
             first_step_in_block=step_in_block == 0,
+            logit_start=start - shift,
+            logit_end=end - shift,
             classifier_free_guidance=guidance,
         )
         logits = self.denoiser(canvas, context)
-        if self.logit_shift:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        expected = (canvas.shape[0], end - start)
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != expected:
+            raise ValueError(
+                f"{type(self.denoiser).__name__} returned logits of shape {list(logits.shape)}; "
+                f"a denoiser returns [rows, W, V] = [{expected[0]}, {expected[1]}, V] for the "
+                f"columns {context.logit_start}..{context.logit_end - 1} (see StepContext)"
+            )
         return logits
 
     def commit(self, transfer: torch.Tensor, proposals: torch.Tensor) -> None:
@@ -141,6 +141,20 @@ class DenoisingLoop:
         if self.stop_at_eos and self._every_row_final():
             self._fill_masks_with_eos()
             self.done = True
+
+    def commit_block(self, block: int, transfer: torch.Tensor, proposals: torch.Tensor) -> None:
+        """`commit` for block-local tensors: transfer, proposals [B, W] of `block`'s columns."""
+        start, end = self.block_bounds(block)
+        full_transfer = torch.zeros_like(self.x, dtype=torch.bool)
+        full_transfer[:, start:end] = transfer
+        full_proposals = self.x.clone()
+        full_proposals[:, start:end] = proposals
+        self.commit(full_transfer, full_proposals)
+
+    def block_masked(self, block: int) -> torch.Tensor:
+        """BoolTensor [B, W]: masked positions of `block`."""
+        start, end = self.block_bounds(block)
+        return self.x[:, start:end] == self.mask_token_id
 
     def close(self) -> None:
         self._progress.close()

@@ -78,8 +78,12 @@ def forward_filling_cache(
     key_mask: torch.Tensor | None,
     position_ids: torch.Tensor,
     cache: CacheManager,
+    logit_range: tuple[int, int],
 ) -> torch.Tensor:
-    """The dense forward (logits [B, L, V]) writing K, V, context and FFN output of every row."""
+    """The dense forward writing K, V, context and FFN output of every row.
+
+    Returns the logits of positions logit_range[0]..logit_range[1]-1: [B, W, V].
+    """
     cos, sin = model.rope(position_ids)
     h = model.embed(input_ids)
     for index, layer in enumerate(model.layers):
@@ -95,18 +99,26 @@ def forward_filling_cache(
         h = h + ffn_out
         for name in ("key", "value", "context", "ffn_out"):
             cache.mark_written(index, name)
-    return model.lm_head(model.final_norm(h))
+    return model.lm_head(model.final_norm(h[:, logit_range[0] : logit_range[1]]))
 
 
 def sparse_forward(
-    model: DiffusionTransformer, input_ids: torch.Tensor, state: SparseStepState
+    model: DiffusionTransformer,
+    input_ids: torch.Tensor,
+    state: SparseStepState,
+    logit_rows: torch.Tensor,
 ) -> torch.Tensor:
-    """Final hidden states of the query rows, normed and projected: logits [B, Q, V]."""
+    """Run the layers over the query rows; logits of the query rows at `logit_rows`.
+
+    logit_rows: long [B, W], per sequence the indices of the wanted rows among its query rows.
+    Returns logits [B, W, V].
+    """
     query_ids = input_ids.gather(1, state.query_index)
     h = model.embed(query_ids)  # the residual stream is rebuilt from the embeddings every step
     for index, layer in enumerate(model.layers):
         h = sparse_layer(layer, index, h, state)
-    return model.lm_head(model.final_norm(h))
+    wanted = h.gather(1, logit_rows[..., None].expand(-1, -1, h.shape[-1]))
+    return model.lm_head(model.final_norm(wanted))
 
 
 def sparse_layer(

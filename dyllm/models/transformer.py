@@ -113,11 +113,13 @@ class DiffusionTransformer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        logit_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Logits [B, L, V] in the model dtype.
+        """Logits [B, L, V] in the model dtype ([B, end - start, V] with `logit_range`).
 
         input_ids: [B, L]; attention_mask: [B, L] (nonzero/True = real token) masks padded keys;
-        position_ids: [B, L], by default 0..L-1 (the reference's absolute positions).
+        position_ids: [B, L], by default 0..L-1 (the reference's absolute positions);
+        logit_range: (start, end) to apply the LM head to those positions only.
         """
         batch, length = input_ids.shape
         if position_ids is None:
@@ -127,4 +129,6 @@ class DiffusionTransformer(nn.Module):
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, key_mask)
+        if logit_range is not None:
+            x = x[:, logit_range[0] : logit_range[1]]
         return self.lm_head(self.final_norm(x))
