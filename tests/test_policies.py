@@ -31,6 +31,8 @@ def _step(step: int, prompt: int = 3, length: int = 10, shift: int = 0) -> StepI
         prompt_length=prompt,
         response_start=prompt - shift,
         length=length,
+        logit_start=prompt - shift,
+        logit_end=length - shift,
         masked=torch.zeros(2, length, dtype=torch.bool),
         newly_committed=committed if step else None,
     )

@@ -120,6 +120,8 @@ class SaliencyDenoiser(Denoiser):
             prompt_length=ctx.prompt_length,
             response_start=max(ctx.prompt_length - shift, 0),
             length=x.shape[1],
+            logit_start=ctx.logit_start,
+            logit_end=ctx.logit_end,
             masked=x == config.mask_token_id,
             newly_committed=ctx.newly_committed,
         )

@@ -47,6 +47,10 @@ class StepInfo:
     """First column whose hidden state produces answer logits: prompt_length, or
     prompt_length - 1 for models with Dream's one-position logit shift."""
     length: int
+    logit_start: int
+    """First column whose logits the sampler reads this step (the block's first column, one
+    earlier with Dream's logit shift); queries must cover logit_start..logit_end-1."""
+    logit_end: int
     masked: torch.Tensor
     """Positions still masked in this step's input."""
     newly_committed: torch.Tensor | None
@@ -61,6 +65,11 @@ class StepInfo:
     @property
     def all_rows(self) -> torch.Tensor:
         return torch.ones_like(self.masked)
+
+    @property
+    def logit_rows(self) -> torch.Tensor:
+        """Rows whose logits the sampler reads this step (the current block, shifted)."""
+        return self.columns(self.logit_start, self.logit_end)
 
     @property
     def response_rows(self) -> torch.Tensor:
