@@ -56,7 +56,10 @@ class TimedDenoiser(Denoiser):
 
 
 def step_flops(config: ModelConfig, rows: int, queries: int, counts, window: int) -> float:
-    """Multiply-adds x 2 of one step: `counts` per layer (refreshed, selected) or None = dense."""
+    """Multiply-adds x 2 of one step: `counts` per layer (refreshed, selected) or None = dense.
+
+    window: rows that get logits (the current block, for dense and sparse steps alike).
+    """
     d, hd, kvd = (
         config.hidden_size,
         config.num_heads * config.head_dim,
@@ -161,7 +164,7 @@ def main() -> None:
 
     rows = args.prompt + args.gen
     dense_step = runs["dense"]["median_dense_step_s"]
-    dense_flops = step_flops(config, rows, rows, None, rows)
+    dense_flops = step_flops(config, rows, rows, None, args.block)
     table = []
     for name, run in runs.items():
         sparse_step = run["median_sparse_step_s"]
@@ -180,7 +183,7 @@ def main() -> None:
                         (round(a * rows), round(f * rows))
                         for a, f in zip(entry["attention"], entry["ffn"], strict=True)
                     ],
-                    round(entry["queries"] * rows),
+                    args.block,
                 )
                 for entry in sparse_entries
             ]

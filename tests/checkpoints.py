@@ -39,10 +39,23 @@ def real_dir(family: str) -> Path:
     return LLADA_DIR if family == "llada" else DREAM_DIR
 
 
-def tiny_model(family: str, seed: int = 0, **overrides: object) -> DiffusionTransformer:
-    """A randomly initialised tiny model of the family's layout (see dyllm.models.presets)."""
+def tiny_model(
+    family: str, seed: int = 0, never_predicts_mask: bool = False, **overrides: object
+) -> DiffusionTransformer:
+    """A randomly initialised tiny model of the family's layout (see dyllm.models.presets).
+
+    never_predicts_mask: push the mask token's logit to -30, as a trained model effectively
+    does. Random weights otherwise propose the mask token now and then; committing it leaves
+    the position masked (the reference samplers allow that), which changes a row's mask count
+    and so Dream's batch-averaged step size and Fast-dLLM's block loop.
+    """
     model = DiffusionTransformer(preset(f"tiny-{family}", **overrides))
     model.reset_parameters(std=0.2, seed=seed)
+    if never_predicts_mask:
+        mask = torch.tensor([model.config.mask_token_id])
+        model.lm_head.register_forward_hook(
+            lambda module, inputs, logits: logits.index_fill(-1, mask, -30.0)
+        )
     return model.eval().requires_grad_(False)
 
 
