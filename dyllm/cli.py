@@ -85,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="adaptive: calibrate per-layer taus on the prompts to recompute this share of rows",
     )
+    policy.add_argument(
+        "--prompt-interval", type=int, help="dllm-cache: refresh the prompt every N steps (100)"
+    )
+    policy.add_argument(
+        "--gen-interval", type=int, help="dllm-cache: refresh the response every N steps (7)"
+    )
+    policy.add_argument(
+        "--transfer-ratio",
+        type=float,
+        help="dllm-cache: share of response rows updated per layer between refreshes (0.25)",
+    )
     policy.add_argument("--warmup-steps", type=int, help="dense steps first (default 4)")
     policy.add_argument(
         "--prompt-refresh-every", type=int, help="whole-sequence query step period (default 4)"
@@ -197,7 +208,17 @@ def _policy(args: argparse.Namespace, model, prompts: list, options: dict):
         "prompt_refresh_every": args.prompt_refresh_every,
         "attention": args.attention,
     }
+    dllm_cache = {
+        "prompt_interval": args.prompt_interval,
+        "gen_interval": args.gen_interval,
+        "transfer_ratio": args.transfer_ratio,
+    }
     if args.policy == "adaptive":
+        given = sorted(
+            "--" + key.replace("_", "-") for key, v in dllm_cache.items() if v is not None
+        )
+        if given:
+            raise ValueError(f"--policy adaptive takes no {', '.join(given)}")
         if args.target_fraction is None:
             raise ValueError("--policy adaptive needs --target-fraction (e.g. 0.2)")
         schedule = {key: value for key, value in schedule.items() if value is not None}
@@ -209,7 +230,9 @@ def _policy(args: argparse.Namespace, model, prompts: list, options: dict):
         return calibrated
     if args.target_fraction is not None:
         raise ValueError("--target-fraction applies to --policy adaptive only")
-    return make_policy(args.policy, model.config.family, tau=args.tau, k=args.k, **schedule)
+    return make_policy(
+        args.policy, model.config.family, tau=args.tau, k=args.k, **schedule, **dllm_cache
+    )
 
 
 def _run_trace(args: argparse.Namespace) -> int:

@@ -104,6 +104,53 @@ def test_policy_trace_and_its_picture(capsys, tmp_path: Path, llada_dir: Path) -
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+PEER_POLICIES = [
+    ("fast-prefix", [], {}),
+    ("fast-dual", [], {}),
+    (
+        "dllm-cache",
+        ["--prompt-interval", "4", "--gen-interval", "2", "--transfer-ratio", "0.5"],
+        {"prompt_interval": 4, "gen_interval": 2, "transfer_ratio": 0.5},
+    ),
+]
+
+
+@pytest.mark.parametrize("name,flags,params", PEER_POLICIES, ids=[p[0] for p in PEER_POLICIES])
+def test_peer_policies_from_the_command_line(
+    capsys, llada_dir: Path, name: str, flags: list[str], params: dict
+) -> None:
+    """Two blocks of 4 steps: Fast-dLLM is dense at steps 0 and 4 (block starts), dLLM-Cache
+    at steps 0 and 4 (both clocks); the tokens are the Python API's with the same policy."""
+    import dyllm
+    from dyllm.policies.registry import make_policy
+
+    code, out, _ = _run(
+        capsys,
+        "generate",
+        "--model",
+        str(llada_dir),
+        "add 12 =",
+        "--policy",
+        name,
+        *flags,
+        "--block-length",
+        "4",
+        "--json",
+        *FAST,
+    )
+    assert code == 0
+    result = json.loads(out)
+    extra = result["stats"]["extra"]
+    assert extra["policy"] == {"name": name, "attention": "frozen", **params}
+    assert extra["dense_steps"] == 2 and extra["sparse_steps"] == 6
+    model = dyllm.load(llada_dir)
+    policy = make_policy(name, "llada", **params)
+    expected = dyllm.generate(
+        model, "add 12 =", policy=policy, gen_length=8, steps=8, block_length=4
+    )
+    assert result["token_ids"] == expected.token_ids
+
+
 def test_adaptive_policy_is_calibrated_on_the_prompts(capsys, llada_dir: Path) -> None:
     code, _, err = _run(
         capsys,
@@ -153,6 +200,27 @@ def test_info_describes_a_sharded_checkpoint(capsys, llada_dir: Path) -> None:
             "takes no tau",
         ),
         (["generate", "--model", "{llada}", "x", "--policy", "adaptive"], "--target-fraction"),
+        (
+            [
+                "generate",
+                "--model",
+                "{llada}",
+                "x",
+                "--policy",
+                "dllm-cache",
+                "--transfer-ratio",
+                "2",
+            ],
+            "transfer_ratio is the fraction",
+        ),
+        (
+            ["generate", "--model", "{llada}", "x", "--policy", "dyllm", "--gen-interval", "3"],
+            "takes no gen_interval",
+        ),
+        (
+            ["generate", "--model", "{llada}", "x", "--policy", "fast-dual", "--warmup-steps", "2"],
+            "takes no warmup_steps",
+        ),
         (["generate", "--model", "{llada}", "x", "--gen-length", "400"], "more than the model"),
         (["info", "{missing}"], "does not exist"),
     ],

@@ -89,7 +89,9 @@ class DenoisingLoop:
         if step_in_block >= self.block_length:
             raise RuntimeError(
                 f"parallel decoding made no progress in block {block} after {step_in_block} "
-                "steps; a selection rule committed nothing for a row that still has masks"
+                "steps: a row still has masks. Either a selection rule committed nothing, or the "
+                "model keeps proposing the mask token itself (committing it leaves the position "
+                "masked; trained models do not, randomly initialised ones can)"
             )
         return True
 

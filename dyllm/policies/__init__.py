@@ -4,17 +4,23 @@ from dyllm.policies.adaptive import LayerAdaptive
 from dyllm.policies.base import LayerSignals, SaliencyPolicy, StepInfo, StepPlan
 from dyllm.policies.cosine import DEFAULT_TAU, CosineThreshold
 from dyllm.policies.dense import Dense, EveryRow
+from dyllm.policies.dllm_cache import DLLMCache
+from dyllm.policies.fast_dllm import BlockCache, DualCache, PrefixCache
 from dyllm.policies.schedule import DyLLMSchedule
 from dyllm.policies.topk import TopK
 
 __all__ = [
     "DEFAULT_TAU",
+    "BlockCache",
     "CosineThreshold",
+    "DLLMCache",
     "Dense",
+    "DualCache",
     "DyLLMSchedule",
     "EveryRow",
     "LayerAdaptive",
     "LayerSignals",
+    "PrefixCache",
     "SaliencyPolicy",
     "StepInfo",
     "StepPlan",

@@ -1,7 +1,9 @@
 """Policies by name, for the command line and benchmark configurations.
 
 `make_policy("dyllm", family="llada", tau=0.99)` builds the policy a flag names, with the
-family's defaults where the caller gives none (DyLLM's tau: LLaDA 0.99, Dream 0.995).
+family's defaults where the caller gives none (DyLLM's tau: LLaDA 0.99, Dream 0.995). The peers'
+strategies are here under their own names: `fast-prefix` and `fast-dual` (Fast-dLLM, no
+parameters) and `dllm-cache` (prompt_interval, gen_interval, transfer_ratio).
 """
 
 from __future__ import annotations
@@ -12,23 +14,36 @@ from dyllm.policies.adaptive import LayerAdaptive
 from dyllm.policies.base import SaliencyPolicy
 from dyllm.policies.cosine import DEFAULT_TAU, CosineThreshold
 from dyllm.policies.dense import Dense
+from dyllm.policies.dllm_cache import DLLMCache
+from dyllm.policies.fast_dllm import DualCache, PrefixCache
 from dyllm.policies.topk import TopK
 
-POLICY_NAMES = ("dense", "dyllm", "topk", "adaptive")
+POLICY_NAMES = ("dense", "dyllm", "topk", "adaptive", "fast-prefix", "fast-dual", "dllm-cache")
 SCHEDULE_KNOBS = ("warmup_steps", "prompt_refresh_every", "attention")
+DLLM_CACHE_PARAMS = ("prompt_interval", "gen_interval", "transfer_ratio")
 
 
 def make_policy(name: str, family: str, **params: Any) -> SaliencyPolicy:
     """The named policy; params left as None take their defaults.
 
     dyllm: tau; topk: k (rows, or a fraction when < 1); adaptive: taus or budgets (one per
-    layer). Every sparse policy also takes warmup_steps, prompt_refresh_every, attention.
+    layer). Each of these also takes warmup_steps, prompt_refresh_every, attention.
+    fast-prefix, fast-dual: nothing (their schedule is the block structure).
+    dllm-cache: prompt_interval, gen_interval (steps), transfer_ratio (in [0, 1]).
     """
     given = {key: value for key, value in params.items() if value is not None}
     schedule = {key: given.pop(key) for key in SCHEDULE_KNOBS if key in given}
     if name == "dense":
         _refuse_extra(name, {**given, **schedule})
         return Dense()
+    block_caches = {"fast-prefix": PrefixCache, "fast-dual": DualCache}
+    if name in block_caches:
+        _refuse_extra(name, {**given, **schedule})
+        return block_caches[name]()
+    if name == "dllm-cache":
+        own = {key: given.pop(key) for key in DLLM_CACHE_PARAMS if key in given}
+        _refuse_extra(name, {**given, **schedule})
+        return DLLMCache(**own)
     if name == "dyllm":
         tau = given.pop("tau", DEFAULT_TAU.get(family, 0.99))
         _refuse_extra(name, given)
