@@ -1,12 +1,20 @@
 """One switch between each kernel's implementations: the eager reference and the GPU kernels.
 
 `DYLLM_KERNELS` (or the `backend` argument of `kernel`) chooses: `eager` forces the PyTorch
-reference, `triton` forces the GPU kernel, `auto` (default) takes the fastest one available for
-the tensors' device. Tests set it to compare the two paths on the same inputs.
+reference, `triton` forces the GPU kernel, `auto` (default) takes Triton for CUDA tensors when
+Triton is installed and the reference otherwise. Tests set it to compare the two paths.
+
+Triton kernel modules (and triton itself) are imported on first request, not with the package:
+Triton decides when it is imported, and when each kernel is defined, whether code is compiled for
+the GPU or run by its CPU interpreter (`TRITON_INTERPRET=1`), so a process that sets the variable
+before its first Triton kernel gets interpreted kernels, and CPU-only runs never pay for
+importing Triton. Forcing `triton` on CPU tensors is allowed only under the interpreter.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +22,13 @@ from typing import Any
 import torch
 
 BACKENDS = ("auto", "eager", "triton")
+
+TRITON_MODULES = {
+    "saliency_attention": "dyllm.kernels.triton_saliency_attention",
+    "gathered_ffn": "dyllm.kernels.triton_gathered_ffn",
+    "kv_update": "dyllm.kernels.triton_kv_update",
+}
+"""Kernel name -> the module whose import registers its Triton implementation."""
 
 _IMPLEMENTATIONS: dict[str, dict[str, Callable[..., Any]]] = {}
 
@@ -45,8 +60,32 @@ def kernel(name: str, device: torch.device, backend: str | None = None) -> Calla
         raise KeyError(f"no kernel named {name!r} is registered")
     choice = requested_backend(backend)
     if choice == "auto":
-        use_triton = device.type == "cuda" and "triton" in implementations
-        choice = "triton" if use_triton else "eager"
+        choice = "triton" if device.type == "cuda" and _load_triton(name) else "eager"
+    elif choice == "triton":
+        if device.type != "cuda" and not triton_interpreting():
+            raise ValueError(
+                f"the Triton kernels run on CUDA tensors, got {device.type} tensors; use "
+                "DYLLM_KERNELS=eager, or set TRITON_INTERPRET=1 to run Triton's interpreter"
+            )
+        if not _load_triton(name) and importlib.util.find_spec("triton") is None:
+            raise ValueError("DYLLM_KERNELS=triton needs the triton package; pip install triton")
     if choice not in implementations:
         raise ValueError(f"kernel {name!r} has no {choice} implementation; use DYLLM_KERNELS=eager")
     return implementations[choice]
+
+
+def triton_interpreting() -> bool:
+    """True when Triton's CPU interpreter runs the kernels (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _load_triton(name: str) -> bool:
+    """Import the module registering kernel `name`'s Triton implementation; False when there is
+    none or Triton is not installed."""
+    if "triton" in _IMPLEMENTATIONS.get(name, {}):
+        return True
+    module = TRITON_MODULES.get(name)
+    if module is None or importlib.util.find_spec("triton") is None:
+        return False
+    importlib.import_module(module)
+    return "triton" in _IMPLEMENTATIONS.get(name, {})

@@ -12,8 +12,10 @@ Per layer, for the step's query rows (DESIGN.md, "The sparse step"):
 
 Rows that are not queries are not touched at all: their K/V, context and FFN output stay cached.
 Gathered rows go through the projections and the FFN; nothing is computed full-size and masked
-afterwards. `forward_filling_cache` is the dense step: the model's own forward, op for op, with
-every intermediate the sparse step needs written into the cache.
+afterwards. The K/V write, the attention and the FFN go through `dyllm.kernels.kernel`, so
+DYLLM_KERNELS swaps the eager references for the Triton kernels. `forward_filling_cache` is the
+dense step: the model's own forward, op for op, with every intermediate the sparse step needs
+written into the cache.
 
 Everything a step needs travels in `SparseStepState`; there is no global state.
 """
@@ -26,7 +28,7 @@ import torch
 from einops import rearrange
 
 from dyllm.cache import CacheManager
-from dyllm.kernels import FlatRows, PaddedRows, kernel, row_cosine
+from dyllm.kernels import FeedForwardWeights, FlatRows, PaddedRows, kernel, row_cosine
 from dyllm.models.layers import apply_rope
 from dyllm.models.transformer import DecoderLayer, DiffusionTransformer
 from dyllm.policies.base import LayerSignals, SaliencyPolicy, StepInfo
@@ -185,10 +187,9 @@ def sparse_layer(
     h = h + layer.o_proj(context_new)
     chosen = FlatRows.from_mask(selected.gather(1, query_index))
     if len(chosen):
-        ffn_rows = layer.feed_forward(chosen.gather(h))  # [N, d]
-        buffers.ffn_out[chosen.batch_index, query_index[chosen.batch_index, chosen.position]] = (
-            ffn_rows
-        )
+        feed_forward = kernel("gathered_ffn", h.device)
+        positions = query_index[chosen.batch_index, chosen.position]
+        feed_forward(h, chosen, positions, _feed_forward_weights(layer), buffers.ffn_out)
     cache.mark_written(index, "ffn_out", selected)
     cache.assert_written(index, "ffn_out", queries)
     h = h + buffers.ffn_out.gather(1, _expand(query_index, h.shape[-1]))
@@ -206,20 +207,35 @@ def _refresh_key_value(
     state: SparseStepState,
     buffers,
 ) -> torch.Tensor:
-    """Project K, V for the refreshed rows, write them into the cache; return dV [N, KV, D]."""
+    """Project K, V for the refreshed rows; the `kv_update` kernel rotates K, writes both into the
+    cache and returns dV [N, KV, D]."""
     config = layer.config
     kv_heads, head_dim = config.num_kv_heads, config.head_dim
     if not len(rows):
         return normed.new_zeros(0, kv_heads, head_dim)
     rows_normed = rows.gather(normed)  # [N, d]
-    key = layer.k_proj(rows_normed).view(-1, kv_heads, 1, head_dim)
-    cos, sin = rows.gather(state.cos)[:, None], rows.gather(state.sin)[:, None]
-    key = apply_rope(key, cos, sin, bool(config.rope_full_precision))[:, :, 0]
-    value = layer.v_proj(rows_normed).view(-1, kv_heads, head_dim)
-    old_value = buffers.value[canvas.batch_index, :, canvas.position]  # [N, KV, D]
-    buffers.key[canvas.batch_index, :, canvas.position] = key
-    buffers.value[canvas.batch_index, :, canvas.position] = value
-    return value - old_value
+    update = kernel("kv_update", normed.device)
+    return update(
+        layer.k_proj(rows_normed),  # [N, KV * D]
+        layer.v_proj(rows_normed),
+        rows.gather(state.cos),  # [N, D]
+        rows.gather(state.sin),
+        canvas,
+        buffers.key,
+        buffers.value,
+        bool(config.rope_full_precision),
+    )
+
+
+def _feed_forward_weights(layer: DecoderLayer) -> FeedForwardWeights:
+    """The layer's FFN norm and SwiGLU matrices, as the gathered-FFN kernel takes them."""
+    return FeedForwardWeights(
+        norm_weight=layer.ffn_norm.weight,
+        norm_eps=layer.ffn_norm.eps,
+        gate=layer.ffn.gate_proj.weight,
+        up=layer.ffn.up_proj.weight,
+        down=layer.ffn.down_proj.weight,
+    )
 
 
 def _pad_per_sequence(
