@@ -1,4 +1,4 @@
-"""The `dyllm` command line: `generate` text, print `info` about a checkpoint, draw a `trace`.
+"""The `dyllm` command line: `generate` text, `info` on a checkpoint, draw a `trace`, `bench`.
 
 Every option keeps the name the reference samplers use (`--steps`, `--gen-length`,
 `--block-length`, `--remasking`, `--alg`, ...). Options left unset are not passed on, so the
@@ -23,7 +23,7 @@ USAGE_ERRORS = (ValueError, FileNotFoundError, CheckpointError, ConfigError, Key
 
 SAMPLER_OPTIONS = {
     # flag: (type, help)
-    "gen_length": (int, "number of tokens to generate (default 128)"),
+    "gen_length": (int, "tokens to generate (default: the checkpoint's, else 128)"),
     "steps": (int, "denoising steps in all (default: gen length)"),
     "block_length": (int, "semi-autoregressive block length (LLaDA default 32; Dream: one block)"),
     "temperature": (float, "sampling temperature (0 = greedy)"),
@@ -116,11 +116,109 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", type=Path, help="PNG path (default: next to the trace)")
     trace.set_defaults(run=_run_trace)
 
+    _add_bench(commands)
+
     info = commands.add_parser("info", help="describe a checkpoint folder without loading it")
     info.add_argument("model", help="checkpoint folder (or a built-in model name)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_run_info)
     return parser
+
+
+def _add_bench(commands) -> None:
+    from dyllm.bench.decoding import DEFAULT_THRESHOLDS, DEFAULT_TOKENS_PER_STEP
+    from dyllm.bench.runner import BenchSettings
+
+    defaults = BenchSettings()
+    bench = commands.add_parser(
+        "bench", help="accuracy against throughput for every policy on the reference tasks"
+    )
+    bench.add_argument("--model", help=_model_help())
+    bench.add_argument(
+        "--method",
+        action="append",
+        help="NAME[:KEY=VALUE,...], repeatable, e.g. dyllm:tau=0.99 (default: the full grid)",
+    )
+    bench.add_argument(
+        "--tokens-per-step",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_TOKENS_PER_STEP),
+        help="nu values, steps = gen length / nu (default 1 2 4)",
+    )
+    bench.add_argument(
+        "--threshold",
+        type=float,
+        nargs="*",
+        default=list(DEFAULT_THRESHOLDS),
+        help="parallel-decoding thresholds (default 0.9; give none to skip)",
+    )
+    bench.add_argument("--tasks", nargs="+", help="task names (default: the whole suite)")
+    bench.add_argument(
+        "--problems-per-task",
+        type=int,
+        default=defaults.problems_per_task,
+        help=f"held-out problems per task (default {defaults.problems_per_task})",
+    )
+    bench.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    bench.add_argument(
+        "--repeats", type=int, default=defaults.repeats, help="timed passes (median)"
+    )
+    bench.add_argument("--gen-length", type=int, help="default: the checkpoint's answer length")
+    bench.add_argument("--block-length", type=int, default=defaults.block_length)
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", help="float32, float16 or bfloat16 (default: checkpoint's)")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--check-invariants", action="store_true", help="keep the cache invariant checks on"
+    )
+    bench.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    bench.add_argument("--name", help="file stem for the JSON and PNG (default MODEL-DEVICE)")
+    bench.add_argument("--no-plot", action="store_true", help="write no PNG")
+    bench.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    bench.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from dyllm.bench import BenchSettings, draw_curves, format_table, parse_method, run_benchmark
+    from dyllm.bench.headline import format_headline
+    from dyllm.reference.tasks import TASK_NAMES
+
+    model = args.model or DEFAULT_MODEL
+    settings = BenchSettings(
+        model=model,
+        methods=[parse_method(text) for text in args.method] if args.method else None,
+        tokens_per_step=tuple(args.tokens_per_step),
+        thresholds=tuple(args.threshold),
+        tasks=tuple(args.tasks) if args.tasks else TASK_NAMES,
+        problems_per_task=args.problems_per_task,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        gen_length=args.gen_length,
+        block_length=args.block_length,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        seed=args.seed,
+        check_invariants=args.check_invariants,
+    )
+    for task in settings.tasks:
+        if task not in TASK_NAMES:
+            raise ValueError(f"unknown task {task!r}; the suite has {', '.join(TASK_NAMES)}")
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = run_benchmark(settings, log=log)
+    stem = args.name or f"{Path(model).name}-{args.device.split(':')[0]}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.out_dir / f"{stem}.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report))
+    print("\n" + format_headline(report["headline"]))
+    print(f"JSON: {json_path}")
+    if not args.no_plot:
+        print(f"PNG:  {draw_curves(report, args.out_dir / f'{stem}.png')}")
+    print(f"total {report['total_seconds']:.1f} s")
+    return 0
 
 
 def _model_help() -> str:

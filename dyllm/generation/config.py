@@ -2,10 +2,11 @@
 
 Options left as None are filled at `resolve_config` time, in this order: the option itself, the
 checkpoint's `generation_config.json` (`model.generation_defaults`), the family default.
-Only the sampling knobs `alg, eps, temperature, alg_temp, top_p, top_k` are read from
-generation_config.json. Its `steps` is never used: Dream ships `steps=512`, which would run
-512 steps over the default 128-token answer (most of them committing nothing) and is not even a
-valid schedule for shorter answers; `steps` defaults to `gen_length` instead (one token per step).
+Only the answer length (`gen_length`, or Hugging Face's `max_new_tokens`) and the sampling knobs
+`alg, eps, temperature, alg_temp, top_p, top_k` are read from generation_config.json. Its `steps`
+is never used: Dream ships `steps=512`, which would run 512 steps over the default 128-token
+answer (most of them committing nothing) and is not even a valid schedule for shorter answers;
+`steps` defaults to `gen_length` instead (one token per step).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 SAMPLERS = ("llada", "dream")
 REMASKING_RULES = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+DEFAULT_GEN_LENGTH = 128
+"""Answer length when neither the call nor the checkpoint gives one (LLaDA's examples use 128)."""
 
 LLADA_BLOCK_LENGTH = 32
 """LLaDA's usual block length; used when it divides gen_length, else one block."""
@@ -41,8 +45,9 @@ LLADA_ONLY_DEFAULTS: dict[str, Any] = {
 class GenerationConfig:
     """Options of `generate`. None means "resolve from the model" (see `resolve_config`)."""
 
-    gen_length: int = 128
-    """Tokens to generate per prompt (the answer canvas)."""
+    gen_length: int | None = None
+    """Tokens to generate per prompt (the answer canvas); None = the checkpoint's `gen_length`
+    (or `max_new_tokens`) in generation_config.json, else 128."""
     steps: int | None = None
     """Denoising steps over the whole answer; None = gen_length. Ignored with threshold/factor."""
     block_length: int | None = None
@@ -128,6 +133,11 @@ def resolve_config(
 
     family: `model.config.family`; generation_defaults: `model.generation_defaults`.
     """
+    if config.gen_length is None:
+        checkpoint_length = generation_defaults.get(
+            "gen_length", generation_defaults.get("max_new_tokens", DEFAULT_GEN_LENGTH)
+        )
+        config = dataclasses.replace(config, gen_length=checkpoint_length)
     sampler = config.sampler if config.sampler is not None else family
     if sampler not in SAMPLERS:
         if config.sampler is None:
