@@ -59,44 +59,47 @@ def saliency_attention_reference(
     """
     heads, head_dim = q.shape[1], q.shape[-1]
     keys = expand_kv_heads(key, heads).float()
-    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), keys) / math.sqrt(head_dim)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    probs = scores.softmax(dim=-1)  # [B, H, Q, L]
-
     context_new = context_old.float().clone()
     exact_rows = PaddedRows.from_mask(exact)
+    update_rows = PaddedRows.from_mask(~exact) if approximate and delta_columns.width else None
+
+    def scores_of(rows: PaddedRows) -> torch.Tensor:
+        """Scaled, masked q K^T of the given query rows: [B, H, R, L], float32."""
+        rows_q = _gather_query_rows(q, rows.index).float() / math.sqrt(head_dim)
+        scores = torch.einsum("bhrd,bhkd->bhrk", rows_q, keys)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        return scores
+
     if exact_rows.width:
-        rows_probs = _gather_query_rows(probs, exact_rows.index)  # [B, H, E, L]
+        probs = scores_of(exact_rows).softmax(dim=-1)  # [B, H, E, L]
         values = expand_kv_heads(value, heads).float()
-        exact_context = rearrange(rows_probs @ values, "b h e d -> b e (h d)")
+        exact_context = rearrange(probs @ values, "b h e d -> b e (h d)")
         _scatter_rows(context_new, exact_rows, exact_context)
 
-    if approximate and delta_columns.width:
-        approximate_rows = PaddedRows.from_mask(~exact)
-        if approximate_rows.width:
-            rows_probs = _gather_query_rows(probs, approximate_rows.index)  # [B, H, A, L]
-            column_index = delta_columns.index[:, None, None, :].expand(
-                -1, heads, rows_probs.shape[2], -1
-            )
-            column_probs = rows_probs.gather(3, column_index)  # [B, H, A, S]
-            deltas = expand_kv_heads(delta_value, heads).float()
-            deltas = deltas * delta_columns.valid[:, None, :, None]
-            update = rearrange(column_probs @ deltas, "b h a d -> b a (h d)")
-            old = torch.gather(
-                context_new, 1, approximate_rows.index[..., None].expand(-1, -1, update.shape[-1])
-            )
-            _scatter_rows(context_new, approximate_rows, old + update)
+    if update_rows is not None and update_rows.width:
+        # P[r, j] for the refreshed columns j only: exp(score - logsumexp over all keys)
+        scores = scores_of(update_rows)  # [B, H, A, L]
+        normalizer = scores.logsumexp(dim=-1, keepdim=True)
+        column_index = delta_columns.index[:, None, None, :].expand(-1, heads, scores.shape[2], -1)
+        column_probs = (scores.gather(3, column_index) - normalizer).exp()  # [B, H, A, S]
+        deltas = expand_kv_heads(delta_value, heads).float()
+        deltas = deltas * delta_columns.valid[:, None, :, None]
+        update = rearrange(column_probs @ deltas, "b h a d -> b a (h d)")
+        old = torch.gather(
+            context_new, 1, update_rows.index[..., None].expand(-1, -1, update.shape[-1])
+        )
+        _scatter_rows(context_new, update_rows, old + update)
 
     cosine = row_cosine(context_new, context_old)
     return context_new.to(context_old.dtype), cosine
 
 
-def _gather_query_rows(probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """probs [B, H, Q, L], index [B, R] -> [B, H, R, L]."""
-    batch, heads, _, keys = probs.shape
-    expanded = index[:, None, :, None].expand(batch, heads, index.shape[1], keys)
-    return probs.gather(2, expanded)
+def _gather_query_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tensor [B, H, Q, F], index [B, R] -> [B, H, R, F]."""
+    batch, heads, _, width = tensor.shape
+    expanded = index[:, None, :, None].expand(batch, heads, index.shape[1], width)
+    return tensor.gather(2, expanded)
 
 
 def _scatter_rows(target: torch.Tensor, rows: PaddedRows, values: torch.Tensor) -> None:

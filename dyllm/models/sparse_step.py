@@ -119,7 +119,7 @@ def sparse_forward(
     h = model.embed(query_ids)  # the residual stream is rebuilt from the embeddings every step
     for index, layer in enumerate(model.layers):
         h = sparse_layer(layer, index, h, state)
-    wanted = h.gather(1, logit_rows[..., None].expand(-1, -1, h.shape[-1]))
+    wanted = _rows(h, logit_rows)
     return model.lm_head(model.final_norm(wanted))
 
 
@@ -154,7 +154,7 @@ def sparse_layer(
     approximate = state.policy.attention == "approximate"
     stale_rows = queries & ~refresh
     cache.assert_written(index, "context", stale_rows)
-    context_old = buffers.context.gather(1, _expand(query_index, buffers.context.shape[-1]))
+    context_old = _rows(buffers.context, query_index)
     q = rearrange(layer.q_proj(normed), "b q (h d) -> b h q d", d=config.head_dim)
     q = apply_rope(q, state.cos, state.sin, bool(config.rope_full_precision))
     delta_columns = PaddedRows.from_mask(refresh)
@@ -180,7 +180,7 @@ def sparse_layer(
 
     signals._context_cosine = context_cosine
     selected = state.policy.select(index, signals) & queries
-    buffers.context.scatter_(1, _expand(query_index, context_new.shape[-1]), context_new)
+    buffers.context[_batch_column(query_index), query_index] = context_new
     cache.mark_written(index, "context", queries)
 
     # 4. o_proj on every query row; FFN on the selected rows only
@@ -192,7 +192,7 @@ def sparse_layer(
         feed_forward(h, chosen, positions, _feed_forward_weights(layer), buffers.ffn_out)
     cache.mark_written(index, "ffn_out", selected)
     cache.assert_written(index, "ffn_out", queries)
-    h = h + buffers.ffn_out.gather(1, _expand(query_index, h.shape[-1]))
+    h = h + _rows(buffers.ffn_out, query_index)
 
     state.incoming = selected
     state.counts.append(LayerCounts(int(refresh.sum()), int(selected.sum())))
@@ -270,6 +270,12 @@ def _value_cosine(
     return full.scatter(1, state.query_index, cosine)
 
 
-def _expand(index: torch.Tensor, width: int) -> torch.Tensor:
-    """Index [B, Q] -> [B, Q, width] for gathering whole rows along dim 1."""
-    return index[..., None].expand(-1, -1, width)
+def _batch_column(index: torch.Tensor) -> torch.Tensor:
+    """[B, 1] sequence numbers that pair with a [B, Q] position index in advanced indexing."""
+    return torch.arange(index.shape[0], device=index.device)[:, None]
+
+
+def _rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` [B, Q] of `tensor` [B, L, F] -> [B, Q, F] (advanced indexing: on the CPU
+    about 4x faster than `gather` with an expanded index)."""
+    return tensor[_batch_column(index), index]
