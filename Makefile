@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= sort 3141592653589793 =
 STAMP := $(VENV)/.installed
 
-.PHONY: install generate test test-slow test-gpu bench lint docs clean
+.PHONY: install generate test test-slow test-gpu bench bench-micro lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ test-slow: install
 
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu
+
+# accuracy against throughput for every policy on a reference model (MODEL=dream-ref for Dream)
+MODEL ?= llada-ref
+bench: install
+	$(BIN)/dyllm bench --model $(MODEL)
+
+# pytest-benchmark timings of the sparse step's parts (kept out of `make test`)
+bench-micro: install
+	$(BIN)/python -m pytest bench/micro --benchmark-enable -q -p no:cacheprovider \
+		--benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .ruff_cache

@@ -168,7 +168,12 @@ def _add_bench(commands) -> None:
     bench.add_argument("--block-length", type=int, default=defaults.block_length)
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", help="float32, float16 or bfloat16 (default: checkpoint's)")
-    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="torch CPU threads (default 1, right for the tiny reference models; 0: torch's)",
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument(
         "--check-invariants", action="store_true", help="keep the cache invariant checks on"
@@ -199,7 +204,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         block_length=args.block_length,
         device=args.device,
         dtype=args.dtype,
-        threads=args.threads,
+        threads=args.threads or None,
         seed=args.seed,
         check_invariants=args.check_invariants,
     )

@@ -1,0 +1,53 @@
+"""The benchmark report as a terminal table, one line per method and decoding setting.
+
+Columns: exact match and per-token accuracy (%), tokens/s (median), speed-up over dense at the
+same decoding and over dense at nu = 1, NFE, tokens per forward per sequence, the FFN and
+attention recompute fractions (mean over layers), the median sparse and dense step (ms), and peak
+memory (MiB).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEADER = (
+    f"{'method':<30} {'decoding':<13} {'exact%':>6} {'tok%':>6} {'tok/s':>8} {'x dense':>7} "
+    f"{'x nu=1':>7} {'NFE':>6} {'tok/fwd':>7} {'FFN':>5} {'attn':>5} {'sparse ms':>9} "
+    f"{'dense ms':>8} {'mem MiB':>8}"
+)
+
+
+def _milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def format_row(run: dict[str, Any]) -> str:
+    attention = run["attention_fraction_per_layer"]
+    speedup_nu1 = run["speedup_vs_dense_nu1"]
+    return (
+        f"{run['method']['label']:<30} {run['decoding']['label']:<13} "
+        f"{run['exact_match'] * 100:>6.1f} {run['token_accuracy'] * 100:>6.1f} "
+        f"{run['tokens_per_second']:>8.1f} {run['speedup']:>6.2f}x "
+        f"{'-' if speedup_nu1 is None else f'{speedup_nu1:.2f}x':>7} {run['nfe']:>6} "
+        f"{run['tokens_per_forward_per_sequence']:>7.2f} {run['computed_token_ratio']:>5.2f} "
+        f"{sum(attention) / len(attention):>5.2f} {_milliseconds(run['median_sparse_step_s']):>9} "
+        f"{_milliseconds(run['median_dense_step_s']):>8} "
+        f"{run['peak_memory_bytes'] / 2**20:>8.1f}"
+    )
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Title line (model, machine, workload), header, and one row per run."""
+    model, machine, workload = report["model"], report["machine"], report["workload"]
+    title = (
+        f"{model['name']} ({model['family']}), {workload['problems']} problems, batch "
+        f"{workload['batch_size']}, gen {workload['gen_length']} block {workload['block_length']}"
+        f", median of {workload['repeats']}; {machine['device']} {machine['cpu']}, "
+        f"{_threads(machine)}, torch {machine['torch']}, {machine['dtype']}"
+    )
+    return "\n".join([title, HEADER, *(format_row(run) for run in report["runs"])])
+
+
+def _threads(machine: dict[str, Any]) -> str:
+    count = machine["torch_threads"]
+    return f"{count} thread" + ("" if count == 1 else "s")
