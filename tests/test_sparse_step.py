@@ -14,7 +14,7 @@ import torch
 from dyllm.cache import CacheInvariantError
 from dyllm.engine import SaliencyDenoiser
 from dyllm.generation import generate
-from dyllm.generation.context import Denoiser, DenseDenoiser, StepContext
+from dyllm.generation.context import DenseDenoiser, StepContext
 from dyllm.kernels import row_cosine
 from dyllm.policies import (
     CosineThreshold,
@@ -26,27 +26,10 @@ from dyllm.policies import (
     TopK,
 )
 from tests.checkpoints import tiny_model
+from tests.recording import RecordingDenoiser
 
 PROMPTS_ONE = [[5, 6, 7, 8, 9, 10, 11]]
 PROMPTS_PADDED = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]]
-
-
-class Recording(Denoiser):
-    """Delegates to another denoiser and keeps every step's logits."""
-
-    def __init__(self, inner: Denoiser) -> None:
-        super().__init__()
-        self.inner = inner
-        self.logits: list[torch.Tensor] = []
-
-    def __call__(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        logits = self.inner(x, ctx)
-        self.nfe = self.inner.nfe
-        self.logits.append(logits.clone())
-        return logits
-
-    def extra_stats(self):
-        return self.inner.extra_stats()
 
 
 def _options(family: str) -> dict:
@@ -56,7 +39,7 @@ def _options(family: str) -> dict:
 
 
 def _run(model, prompts, policy: SaliencyPolicy | None, **options):
-    recorders: list[Recording] = []
+    recorders: list[RecordingDenoiser] = []
 
     def factory(m, attention_mask, position_ids):
         inner = (
@@ -64,7 +47,7 @@ def _run(model, prompts, policy: SaliencyPolicy | None, **options):
             if policy is None
             else SaliencyDenoiser(m, policy, attention_mask, position_ids)
         )
-        recorders.append(Recording(inner))
+        recorders.append(RecordingDenoiser(inner))
         return recorders[-1]
 
     result = generate(model, prompts, denoiser_factory=factory, **options)

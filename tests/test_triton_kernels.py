@@ -35,7 +35,7 @@ pytest.importorskip("triton", reason="the Triton kernels need the triton package
 
 from dyllm.engine import SaliencyDenoiser
 from dyllm.generation import generate
-from dyllm.generation.context import Denoiser, DenseDenoiser, StepContext
+from dyllm.generation.context import DenseDenoiser
 from dyllm.kernels import (
     FeedForwardWeights,
     FlatRows,
@@ -49,6 +49,7 @@ from dyllm.kernels.triton_launch import block_size, row_tile
 from dyllm.models.layers import rope_angles
 from dyllm.policies import CosineThreshold, EveryRow, SaliencyPolicy
 from tests.checkpoints import tiny_model
+from tests.recording import RecordingDenoiser
 from tests.tensor_diff import TOLERANCES, assert_close_report
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -415,24 +416,6 @@ def test_poisoned_output_is_reported_as_unwritten() -> None:
 # ------------------------------------------------------------------ whole generations
 
 
-class _Recording(Denoiser):
-    """Delegates to another denoiser and keeps every step's logits."""
-
-    def __init__(self, inner: Denoiser) -> None:
-        super().__init__()
-        self.inner = inner
-        self.logits: list[torch.Tensor] = []
-
-    def __call__(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        logits = self.inner(x, ctx)
-        self.nfe = self.inner.nfe
-        self.logits.append(logits.clone())
-        return logits
-
-    def extra_stats(self):
-        return self.inner.extra_stats()
-
-
 PROMPTS_PADDED = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]]
 OPTIONS = {
     "llada": {"gen_length": 16, "steps": 16, "block_length": 8, "remasking": "low_confidence"},
@@ -441,7 +424,7 @@ OPTIONS = {
 
 
 def _generate(model, prompts, policy: SaliencyPolicy | None, options: dict):
-    recorders: list[_Recording] = []
+    recorders: list[RecordingDenoiser] = []
 
     def factory(m, attention_mask, position_ids):
         inner = (
@@ -449,7 +432,7 @@ def _generate(model, prompts, policy: SaliencyPolicy | None, options: dict):
             if policy is None
             else SaliencyDenoiser(m, policy, attention_mask, position_ids)
         )
-        recorders.append(_Recording(inner))
+        recorders.append(RecordingDenoiser(inner))
         return recorders[-1]
 
     result = generate(model, prompts, denoiser_factory=factory, **options)
