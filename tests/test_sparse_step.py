@@ -14,7 +14,7 @@ import torch
 from dyllm.cache import CacheInvariantError
 from dyllm.engine import SaliencyDenoiser
 from dyllm.generation import generate
-from dyllm.generation.context import DenseDenoiser, StepContext
+from dyllm.generation.context import StepContext
 from dyllm.kernels import row_cosine
 from dyllm.policies import (
     CosineThreshold,
@@ -26,7 +26,7 @@ from dyllm.policies import (
     TopK,
 )
 from tests.checkpoints import tiny_model
-from tests.recording import RecordingDenoiser
+from tests.recording import generate_recording
 
 PROMPTS_ONE = [[5, 6, 7, 8, 9, 10, 11]]
 PROMPTS_PADDED = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]]
@@ -39,19 +39,7 @@ def _options(family: str) -> dict:
 
 
 def _run(model, prompts, policy: SaliencyPolicy | None, **options):
-    recorders: list[RecordingDenoiser] = []
-
-    def factory(m, attention_mask, position_ids):
-        inner = (
-            DenseDenoiser(m, attention_mask, position_ids)
-            if policy is None
-            else SaliencyDenoiser(m, policy, attention_mask, position_ids)
-        )
-        recorders.append(RecordingDenoiser(inner))
-        return recorders[-1]
-
-    result = generate(model, prompts, denoiser_factory=factory, **options)
-    return result, recorders[0]
+    return generate_recording(model, prompts, policy, **options)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

@@ -33,9 +33,6 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
-from dyllm.engine import SaliencyDenoiser
-from dyllm.generation import generate
-from dyllm.generation.context import DenseDenoiser
 from dyllm.kernels import (
     FeedForwardWeights,
     FlatRows,
@@ -49,7 +46,7 @@ from dyllm.kernels.triton_launch import block_size, row_tile
 from dyllm.models.layers import rope_angles
 from dyllm.policies import CosineThreshold, EveryRow, SaliencyPolicy
 from tests.checkpoints import tiny_model
-from tests.recording import RecordingDenoiser
+from tests.recording import generate_recording
 from tests.tensor_diff import TOLERANCES, assert_close_report
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -424,19 +421,8 @@ OPTIONS = {
 
 
 def _generate(model, prompts, policy: SaliencyPolicy | None, options: dict):
-    recorders: list[RecordingDenoiser] = []
-
-    def factory(m, attention_mask, position_ids):
-        inner = (
-            DenseDenoiser(m, attention_mask, position_ids)
-            if policy is None
-            else SaliencyDenoiser(m, policy, attention_mask, position_ids)
-        )
-        recorders.append(RecordingDenoiser(inner))
-        return recorders[-1]
-
-    result = generate(model, prompts, denoiser_factory=factory, **options)
-    return result, recorders[0].logits
+    result, recorder = generate_recording(model, prompts, policy, **options)
+    return result, recorder.logits
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
