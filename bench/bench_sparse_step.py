@@ -6,7 +6,11 @@ Two measurements:
   sparse steps of top-k at 10% of rows (response-only queries, and the whole-sequence query step
   DyLLM's schedule runs every 4th step) are timed alternately, `--repeats` times, so that load
   drift on the machine hits both alike; medians and their ratio, beside the FLOP ratio the
-  recompute counts imply (what the arithmetic allows).
+  recompute counts imply (what the arithmetic allows). At batch 1 and at batch 8 (`--batches`):
+  with one sequence the sparse step's few-row matmuls stream every weight matrix from memory for
+  a handful of rows, so the CPU's memory bandwidth rather than its arithmetic sets their time; a
+  batch gives them rows enough for compute to dominate, as in the paper's throughput runs
+  (batch 16).
 * **Whole generations** under dense, DyLLM's cosine threshold and top-k 10%: tokens/s, the
   median dense and sparse step within each run, the recomputed fractions.
 
@@ -118,12 +122,13 @@ def run_policy(model, prompt, policy: SaliencyPolicy | None, options: dict) -> d
     }
 
 
-def interleaved_steps(model, args, fraction: float, repeats: int) -> dict:
-    """Median times of a dense step and of top-k sparse steps, timed alternately."""
+def interleaved_steps(model, args, fraction: float, repeats: int, batch: int) -> dict:
+    """Median times of a dense step and of top-k sparse steps on `batch` sequences, timed
+    alternately."""
     config = model.config
     generator = torch.Generator().manual_seed(2)
-    prompt = torch.randint(2, config.vocab_size - 1, (1, args.prompt), generator=generator)
-    x = torch.cat([prompt, torch.full((1, args.gen), config.mask_token_id)], dim=1)
+    prompt = torch.randint(2, config.vocab_size - 1, (batch, args.prompt), generator=generator)
+    x = torch.cat([prompt, torch.full((batch, args.gen), config.mask_token_id)], dim=1)
     start = args.prompt
 
     def context(step: int, committed: torch.Tensor | None) -> StepContext:
@@ -146,8 +151,8 @@ def interleaved_steps(model, args, fraction: float, repeats: int) -> dict:
     with torch.no_grad():
         sparse(x, context(0, None))  # the dense step that fills the cache
         committed = torch.zeros_like(x, dtype=torch.bool)
-        committed[0, start] = True
-        x[0, start] = 5
+        committed[:, start] = True
+        x[:, start] = 5
         calls = {
             "dense": lambda: dense(x, context(1, committed)),
             "sparse_response": lambda: sparse(x, context(1, committed)),  # response queries
@@ -174,6 +179,7 @@ def interleaved_steps(model, args, fraction: float, repeats: int) -> dict:
     schedule = (3 * median["sparse_response"] + median["sparse_whole"]) / 4
     schedule_flops = (3 * flops["sparse_response"] + flops["sparse_whole"]) / 4
     return {
+        "batch": batch,
         "fraction": fraction,
         "repeats": repeats,
         "median_s": median,
@@ -204,12 +210,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=15, help="interleaved step repeats")
-    parser.add_argument("--out", type=Path, default=RESULTS / "sparse_step_cpu.json")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="batch sizes of the interleaved step timing (whole generations run at batch 1)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/")
     args = parser.parse_args()
     if args.small:
         args.d_model, args.layers, args.heads, args.vocab = 256, 4, 4, 4096
         args.prompt, args.gen, args.block, args.steps = 32, 64, 16, 32
-        args.out = RESULTS / "sparse_step_cpu_small.json"
+    if args.out is None:
+        name = "sparse_step_cpu_small.json" if args.small else "sparse_step_cpu.json"
+        args.out = RESULTS / name
     torch.set_num_threads(args.threads)
 
     config = ModelConfig(
@@ -240,7 +255,7 @@ def main() -> None:
         "dyllm": CosineThreshold(0.99),
         "topk-10%": TopK(0.1),
     }
-    steps = interleaved_steps(model, args, 0.1, args.repeats)
+    steps = [interleaved_steps(model, args, 0.1, args.repeats, batch) for batch in args.batches]
     runs = {name: run_policy(model, prompt, policy, options) for name, policy in policies.items()}
 
     rows = args.prompt + args.gen
@@ -294,6 +309,7 @@ def main() -> None:
         },
         "workload": {
             "batch": 1,
+            "interleaved_step_batches": args.batches,
             "prompt": args.prompt,
             "gen_length": args.gen,
             "block_length": args.block,
@@ -315,15 +331,20 @@ def main() -> None:
             f"{run['step_speedup'] or 1.0:>8.2f}x {run['flop_ratio'] or 1.0:>10.2f}x "
             f"{run['computed_token_ratio']:>9.3f}"
         )
-    median, speedup, flop = steps["median_s"], steps["speedup"], steps["flop_ratio"]
-    print(f"\ninterleaved steps, top-k 10% ({args.repeats} repeats, medians):")
-    for name in ("sparse_response", "sparse_whole", "dyllm_schedule"):
-        measured = median.get(name)
-        shown = f"{measured * 1e3:8.1f}ms" if measured else "  (3:1 mix)"
+    for entry in steps:
+        median, speedup, flop = entry["median_s"], entry["speedup"], entry["flop_ratio"]
         print(
-            f"  {name:<16} {shown}  speed-up {speedup[name]:5.2f}x  FLOP ratio {flop[name]:5.2f}x"
+            f"\ninterleaved steps, top-k 10%, batch {entry['batch']} "
+            f"({args.repeats} repeats, medians):"
         )
-    print(f"  dense            {median['dense'] * 1e3:8.1f}ms")
+        for name in ("sparse_response", "sparse_whole", "dyllm_schedule"):
+            measured = median.get(name)
+            shown = f"{measured * 1e3:8.1f}ms" if measured else "  (3:1 mix)"
+            print(
+                f"  {name:<16} {shown}  speed-up {speedup[name]:5.2f}x  "
+                f"FLOP ratio {flop[name]:5.2f}x"
+            )
+        print(f"  dense            {median['dense'] * 1e3:8.1f}ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))

@@ -18,14 +18,12 @@ float32 and casting the contexts back to the cache dtype.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from einops import rearrange
 
 from dyllm.kernels.dispatch import register
 from dyllm.kernels.row_sets import PaddedRows
-from dyllm.models.layers import expand_kv_heads
+from dyllm.models.layers import attention
 
 
 def row_cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -57,42 +55,38 @@ def saliency_attention_reference(
     key_mask: bool [B, L] (True = real token) or None.
     Returns context_new [B, Q, H*D] (context_old's dtype) and cosine [B, Q] float32.
     """
-    heads, head_dim = q.shape[1], q.shape[-1]
-    keys = expand_kv_heads(key, heads).float()
+    q, key = q.float(), key.float()
     context_new = context_old.float().clone()
+    if approximate and delta_columns.width:
+        # attention with dV as the values, dV zero outside the refreshed columns, is exactly
+        # sum over refreshed j of softmax(q K^T / sqrt(D))[r, j] dV[j]: the normaliser still runs
+        # over every key, and the fused attention never materialises the probabilities
+        full_delta = _columns_to_full_length(delta_value.float(), delta_columns, key.shape[2])
+        update = attention(q, key, full_delta, key_mask)  # [B, H, Q, D]
+        context_new += rearrange(update, "b h q d -> b q (h d)")
+
     exact_rows = PaddedRows.from_mask(exact)
-    update_rows = PaddedRows.from_mask(~exact) if approximate and delta_columns.width else None
-
-    def scores_of(rows: PaddedRows) -> torch.Tensor:
-        """Scaled, masked q K^T of the given query rows: [B, H, R, L], float32."""
-        rows_q = _gather_query_rows(q, rows.index).float() / math.sqrt(head_dim)
-        scores = torch.einsum("bhrd,bhkd->bhrk", rows_q, keys)
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        return scores
-
     if exact_rows.width:
-        probs = scores_of(exact_rows).softmax(dim=-1)  # [B, H, E, L]
-        values = expand_kv_heads(value, heads).float()
-        exact_context = rearrange(probs @ values, "b h e d -> b e (h d)")
-        _scatter_rows(context_new, exact_rows, exact_context)
-
-    if update_rows is not None and update_rows.width:
-        # P[r, j] for the refreshed columns j only: exp(score - logsumexp over all keys)
-        scores = scores_of(update_rows)  # [B, H, A, L]
-        normalizer = scores.logsumexp(dim=-1, keepdim=True)
-        column_index = delta_columns.index[:, None, None, :].expand(-1, heads, scores.shape[2], -1)
-        column_probs = (scores.gather(3, column_index) - normalizer).exp()  # [B, H, A, S]
-        deltas = expand_kv_heads(delta_value, heads).float()
-        deltas = deltas * delta_columns.valid[:, None, :, None]
-        update = rearrange(column_probs @ deltas, "b h a d -> b a (h d)")
-        old = torch.gather(
-            context_new, 1, update_rows.index[..., None].expand(-1, -1, update.shape[-1])
-        )
-        _scatter_rows(context_new, update_rows, old + update)
+        exact_q = _gather_query_rows(q, exact_rows.index)  # [B, H, E, D]
+        exact_context = attention(exact_q, key, value.float(), key_mask)
+        _scatter_rows(context_new, exact_rows, rearrange(exact_context, "b h e d -> b e (h d)"))
 
     cosine = row_cosine(context_new, context_old)
     return context_new.to(context_old.dtype), cosine
+
+
+def _columns_to_full_length(
+    delta_value: torch.Tensor, columns: PaddedRows, length: int
+) -> torch.Tensor:
+    """dV [B, KV, S, D] at `columns` -> [B, KV, L, D], zero at every other position.
+
+    Padding slots point at position 0 with zero values; adding (not assigning) them keeps a
+    real dV at position 0 intact.
+    """
+    batch, kv_heads, _, head_dim = delta_value.shape
+    full = delta_value.new_zeros(batch, kv_heads, length, head_dim)
+    index = columns.index[:, None, :, None].expand(-1, kv_heads, -1, head_dim)
+    return full.scatter_add_(2, index, delta_value * columns.valid[:, None, :, None])
 
 
 def _gather_query_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
