@@ -15,7 +15,7 @@ Two measurements:
   median dense and sparse step within each run, the recomputed fractions.
 
 Weights are random, so DyLLM's selections here say nothing about accuracy; top-k at a fixed
-fraction is the controlled comparison.
+fraction is the controlled comparison. The cache's invariant checks are off, as in `dyllm bench`.
 
     python bench/bench_sparse_step.py                  # d_model 1024, 8 layers, 128 + 256
     python bench/bench_sparse_step.py --small          # a quick run for CI-sized machines
@@ -98,7 +98,7 @@ def run_policy(model, prompt, policy: SaliencyPolicy | None, options: dict) -> d
         inner = (
             DenseDenoiser(m, mask, positions)
             if policy is None
-            else SaliencyDenoiser(m, policy, mask, positions, trace=True)
+            else SaliencyDenoiser(m, policy, mask, positions, trace=True, check_invariants=False)
         )
         timers.append(TimedDenoiser(inner))
         return timers[-1]
@@ -146,7 +146,9 @@ def interleaved_steps(model, args, fraction: float, repeats: int, batch: int) ->
         )
 
     dense = DenseDenoiser(model, None, None)
-    sparse = SaliencyDenoiser(model, TopK(fraction, warmup_steps=1), None, None, trace=True)
+    sparse = SaliencyDenoiser(
+        model, TopK(fraction, warmup_steps=1), None, None, trace=True, check_invariants=False
+    )
     times: dict[str, list[float]] = {"dense": [], "sparse_response": [], "sparse_whole": []}
     with torch.no_grad():
         sparse(x, context(0, None))  # the dense step that fills the cache

@@ -16,6 +16,7 @@ from dyllm.engine import SaliencyDenoiser
 from dyllm.generation import generate
 from dyllm.generation.context import StepContext
 from dyllm.kernels import row_cosine
+from dyllm.models import sparse_step
 from dyllm.policies import (
     CosineThreshold,
     EveryRow,
@@ -123,6 +124,27 @@ def test_rows_outside_the_selection_keep_ffn_output_and_kv_bit_for_bit() -> None
         assert torch.equal(buffers.context[:, :4], before["context"][layer][:, :4])
     assert logits.shape == (2, 8, model.config.vocab_size)
     assert torch.isfinite(logits).all()
+
+
+def test_gathered_and_sliced_query_rows_agree_bit_for_bit(monkeypatch) -> None:
+    """Query rows forming one span are read and written as slices; any other query set is
+    gathered and scattered by index. Both give the same step, bit for bit."""
+    sliced = _two_steps(ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10]))
+    monkeypatch.setattr(sparse_step, "_shared_span", lambda index: None)
+    gathered = _two_steps(ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10]))
+    assert torch.equal(sliced[3], gathered[3])
+    for layer in range(2):
+        for name in ("key", "value", "context", "ffn_out"):
+            assert torch.equal(
+                sliced[1].cache[layer].buffer(name), gathered[1].cache[layer].buffer(name)
+            )
+
+
+def test_a_span_is_recognised_only_when_every_sequence_shares_it() -> None:
+    assert sparse_step._shared_span(torch.tensor([[4, 5, 6], [4, 5, 6]])) == (4, 7)
+    assert sparse_step._shared_span(torch.tensor([[4, 5, 6], [5, 6, 7]])) is None
+    assert sparse_step._shared_span(torch.tensor([[4, 5, 7], [4, 5, 7]])) is None
+    assert sparse_step._shared_span(torch.zeros(2, 0, dtype=torch.long)) is None
 
 
 def test_cosine_signal_matches_a_naive_computation() -> None:

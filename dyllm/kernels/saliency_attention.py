@@ -56,14 +56,15 @@ def saliency_attention_reference(
     Returns context_new [B, Q, H*D] (context_old's dtype) and cosine [B, Q] float32.
     """
     q, key = q.float(), key.float()
-    context_new = context_old.float().clone()
     if approximate and delta_columns.width:
         # attention with dV as the values, dV zero outside the refreshed columns, is exactly
         # sum over refreshed j of softmax(q K^T / sqrt(D))[r, j] dV[j]: the normaliser still runs
         # over every key, and the fused attention never materialises the probabilities
         full_delta = _columns_to_full_length(delta_value.float(), delta_columns, key.shape[2])
         update = attention(q, key, full_delta, key_mask)  # [B, H, Q, D]
-        context_new += rearrange(update, "b h q d -> b q (h d)")
+        context_new = context_old.float() + rearrange(update, "b h q d -> b q (h d)")
+    else:
+        context_new = context_old.float().clone()
 
     exact_rows = PaddedRows.from_mask(exact)
     if exact_rows.width:

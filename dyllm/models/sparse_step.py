@@ -61,6 +61,29 @@ class SparseStepState:
     incoming: torch.Tensor
     """Bool [B, L]: rows refreshed entering the current layer."""
     counts: list[LayerCounts] = field(default_factory=list)
+    query_span: tuple[int, int] | None = field(init=False)
+    """(start, end) when every sequence's query rows are positions start..end-1, as in DyLLM's
+    response-only and whole-sequence steps: rows are then read and written as slices of the
+    caches instead of gathered and scattered by index."""
+
+    def __post_init__(self) -> None:
+        self.query_span = _shared_span(self.query_index)
+
+    def query_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The query rows of a cache `tensor` [B, L, F] -> [B, Q, F] (a view when they form a
+        span: read it before the rows are overwritten)."""
+        if self.query_span is not None:
+            start, end = self.query_span
+            return tensor[:, start:end]
+        return _rows(tensor, self.query_index)
+
+    def write_query_rows(self, tensor: torch.Tensor, rows: torch.Tensor) -> None:
+        """Write `rows` [B, Q, F] into the query rows of a cache `tensor` [B, L, F]."""
+        if self.query_span is not None:
+            start, end = self.query_span
+            tensor[:, start:end] = rows
+        else:
+            tensor[_batch_column(self.query_index), self.query_index] = rows
 
 
 def query_index_of(queries: torch.Tensor) -> torch.Tensor:
@@ -154,7 +177,7 @@ def sparse_layer(
     approximate = state.policy.attention == "approximate"
     stale_rows = queries & ~refresh
     cache.assert_written(index, "context", stale_rows)
-    context_old = _rows(buffers.context, query_index)
+    context_old = state.query_rows(buffers.context)
     q = rearrange(layer.q_proj(normed), "b q (h d) -> b h q d", d=config.head_dim)
     q = apply_rope(q, state.cos, state.sin, bool(config.rope_full_precision))
     delta_columns = PaddedRows.from_mask(refresh)
@@ -180,11 +203,11 @@ def sparse_layer(
 
     signals._context_cosine = context_cosine
     selected = state.policy.select(index, signals) & queries
-    buffers.context[_batch_column(query_index), query_index] = context_new
+    state.write_query_rows(buffers.context, context_new)  # context_old may alias these rows
     cache.mark_written(index, "context", queries)
 
     # 4. o_proj on every query row; FFN on the selected rows only
-    h = h + layer.o_proj(context_new)
+    h = h + layer.o_proj(context_new)  # a new tensor: the caller's h is left as it was
     chosen = FlatRows.from_mask(selected.gather(1, query_index))
     if len(chosen):
         feed_forward = kernel("gathered_ffn", h.device)
@@ -192,7 +215,7 @@ def sparse_layer(
         feed_forward(h, chosen, positions, _feed_forward_weights(layer), buffers.ffn_out)
     cache.mark_written(index, "ffn_out", selected)
     cache.assert_written(index, "ffn_out", queries)
-    h = h + _rows(buffers.ffn_out, query_index)
+    h += state.query_rows(buffers.ffn_out)
 
     state.incoming = selected
     state.counts.append(LayerCounts(int(refresh.sum()), int(selected.sum())))
@@ -268,6 +291,15 @@ def _value_cosine(
     cosine = row_cosine(fresh, rearrange(cached, "b h q d -> b q (h d)"))
     full = torch.ones(state.queries.shape, dtype=torch.float32, device=normed.device)
     return full.scatter(1, state.query_index, cosine)
+
+
+def _shared_span(index: torch.Tensor) -> tuple[int, int] | None:
+    """(start, end) if every row of the ascending position index [B, Q] is start..end-1."""
+    if index.numel() == 0:
+        return None
+    start, end = int(index[0, 0]), int(index[0, 0]) + index.shape[1]
+    span = torch.arange(start, end, device=index.device)
+    return (start, end) if bool((index == span).all()) else None
 
 
 def _batch_column(index: torch.Tensor) -> torch.Tensor:
