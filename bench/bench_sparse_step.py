@@ -6,7 +6,7 @@ Two measurements:
   sparse steps of top-k at 10% of rows (response-only queries, and the whole-sequence query step
   DyLLM's schedule runs every 4th step) are timed alternately, `--repeats` times, so that load
   drift on the machine hits both alike; medians and their ratio, beside the FLOP ratio the
-  recompute counts imply (what the arithmetic allows). At batch 1 and at batch 8 (`--batches`):
+  recompute counts imply (what the arithmetic allows). At batch 1 and at batch 16 (`--batches`):
   with one sequence the sparse step's few-row matmuls stream every weight matrix from memory for
   a handful of rows, so the CPU's memory bandwidth rather than its arithmetic sets their time; a
   batch gives them rows enough for compute to dominate, as in the paper's throughput runs
@@ -216,7 +216,7 @@ def main() -> None:
         "--batches",
         type=int,
         nargs="+",
-        default=[1, 8],
+        default=[1, 16],
         help="batch sizes of the interleaved step timing (whole generations run at batch 1)",
     )
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/")
