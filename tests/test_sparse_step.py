@@ -129,15 +129,17 @@ def test_rows_outside_the_selection_keep_ffn_output_and_kv_bit_for_bit() -> None
 def test_gathered_and_sliced_query_rows_agree_bit_for_bit(monkeypatch) -> None:
     """Query rows forming one span are read and written as slices; any other query set is
     gathered and scattered by index. Both give the same step, bit for bit."""
-    sliced = _two_steps(ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10]))
+    _, sliced, _, sliced_logits, _ = _two_steps(
+        ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10])
+    )
     monkeypatch.setattr(sparse_step, "_shared_span", lambda index: None)
-    gathered = _two_steps(ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10]))
-    assert torch.equal(sliced[3], gathered[3])
+    _, gathered, _, gathered_logits, _ = _two_steps(
+        ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10])
+    )
+    assert torch.equal(sliced_logits, gathered_logits)
     for layer in range(2):
         for name in ("key", "value", "context", "ffn_out"):
-            assert torch.equal(
-                sliced[1].cache[layer].buffer(name), gathered[1].cache[layer].buffer(name)
-            )
+            assert torch.equal(sliced.cache[layer].buffer(name), gathered.cache[layer].buffer(name))
 
 
 def test_a_span_is_recognised_only_when_every_sequence_shares_it() -> None:

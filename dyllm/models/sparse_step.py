@@ -207,7 +207,7 @@ def sparse_layer(
     cache.mark_written(index, "context", queries)
 
     # 4. o_proj on every query row; FFN on the selected rows only
-    h = h + layer.o_proj(context_new)  # a new tensor: the caller's h is left as it was
+    h = h + layer.o_proj(context_new)  # out of place: the h passed in belongs to the caller
     chosen = FlatRows.from_mask(selected.gather(1, query_index))
     if len(chosen):
         feed_forward = kernel("gathered_ffn", h.device)
@@ -215,7 +215,7 @@ def sparse_layer(
         feed_forward(h, chosen, positions, _feed_forward_weights(layer), buffers.ffn_out)
     cache.mark_written(index, "ffn_out", selected)
     cache.assert_written(index, "ffn_out", queries)
-    h += state.query_rows(buffers.ffn_out)
+    h += state.query_rows(buffers.ffn_out)  # in place on this layer's own tensor
 
     state.incoming = selected
     state.counts.append(LayerCounts(int(refresh.sum()), int(selected.sum())))
