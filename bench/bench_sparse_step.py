@@ -195,7 +195,10 @@ def interleaved_steps(model, args, fraction: float, repeats: int, batch: int) ->
             "sparse_whole": dense_flops / flops["sparse_whole"],
             "dyllm_schedule": dense_flops / schedule_flops,
         },
-        "gflop": {"dense": dense_flops / 1e9, **{k: v / 1e9 for k, v in flops.items()}},
+        "gflop_per_sequence": {
+            "dense": dense_flops / 1e9,
+            **{k: v / 1e9 for k, v in flops.items()},
+        },
     }
 
 
