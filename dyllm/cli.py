@@ -359,13 +359,7 @@ def describe_checkpoint(folder: Path) -> dict:
     parameters = config.num_parameters
     return {
         "path": str(folder),
-        "family": config.family,
-        "layers": config.num_layers,
-        "hidden_size": config.hidden_size,
-        "heads": config.num_heads,
-        "kv_heads": config.num_kv_heads,
-        "intermediate_size": config.intermediate_size,
-        "vocab_size": config.vocab_size,
+        **config.shape_summary(),
         "max_position_embeddings": config.max_position_embeddings,
         "checkpoint_dtype": config.torch_dtype,
         "parameters": parameters,

@@ -185,16 +185,9 @@ def _fill_speedups(runs: list[dict[str, Any]]) -> None:
 
 
 def _describe_model(name: str, model: torch.nn.Module) -> dict[str, Any]:
-    config = model.config
     return {
         "name": name,
-        "family": config.family,
-        "layers": config.num_layers,
-        "hidden_size": config.hidden_size,
-        "heads": config.num_heads,
-        "kv_heads": config.num_kv_heads,
-        "intermediate_size": config.intermediate_size,
-        "vocab_size": config.vocab_size,
+        **model.config.shape_summary(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 

@@ -101,6 +101,18 @@ class ModelConfig:
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
+    def shape_summary(self) -> dict[str, Any]:
+        """Family and shapes, as `dyllm info` and benchmark reports print them."""
+        return {
+            "family": self.family,
+            "layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "heads": self.num_heads,
+            "kv_heads": self.num_kv_heads,
+            "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size,
+        }
+
     # ----------------------------------------------------------------- config.json <-> config
 
     @classmethod
