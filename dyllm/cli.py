@@ -303,7 +303,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace, model, prompts: list, options: dict):
     """The policy the flags name; `adaptive` is calibrated on the prompts themselves."""
-    from dyllm.policies import LayerAdaptive
+    from dyllm.engine import calibrate_taus
     from dyllm.policies.registry import make_policy
 
     schedule = {
@@ -325,12 +325,7 @@ def _policy(args: argparse.Namespace, model, prompts: list, options: dict):
         if args.target_fraction is None:
             raise ValueError("--policy adaptive needs --target-fraction (e.g. 0.2)")
         schedule = {key: value for key, value in schedule.items() if value is not None}
-        attention = schedule.pop("attention", "approximate")
-        calibrated = LayerAdaptive.calibrate(
-            model, prompts, args.target_fraction, **schedule, **options
-        )
-        calibrated.attention = attention
-        return calibrated
+        return calibrate_taus(model, prompts, args.target_fraction, **schedule, **options)
     if args.target_fraction is not None:
         raise ValueError("--target-fraction applies to --policy adaptive only")
     return make_policy(

@@ -3,7 +3,7 @@
 import torch
 
 from dyllm.generation import generate
-from dyllm.generation.selection import factor_selection, threshold_selection, top_k_per_row
+from dyllm.generation.commit_rules import factor_selection, threshold_selection, commit_most_confident
 from tests.mock_models import (
     MASK,
     CharTokenizer,
@@ -68,9 +68,9 @@ def test_factor_always_commits_the_most_confident():
     assert chosen.tolist() == [[False, True, False]]
 
 
-def test_top_k_per_row_picks_the_k_largest():
+def test_commit_most_confident_picks_the_k_largest():
     confidence = rows([0.1, 0.7, float("-inf"), 0.5], [0.9, 0.2, 0.3, 0.4])
-    chosen = top_k_per_row(confidence, torch.tensor([2, 0]))
+    chosen = commit_most_confident(confidence, torch.tensor([2, 0]))
     assert chosen.tolist() == [[False, True, False, True], [False] * 4]
 
 

@@ -21,9 +21,9 @@ import torch
 from dyllm.engine import SaliencyDenoiser
 from dyllm.generation.context import DenseDenoiser, StepContext
 from dyllm.kernels import FeedForwardWeights, FlatRows, PaddedRows, row_cosine
-from dyllm.kernels.gathered_ffn import gathered_ffn_reference
-from dyllm.kernels.kv_update import kv_update_reference
-from dyllm.kernels.saliency_attention import saliency_attention_reference
+from dyllm.kernels.reference_gathered_ffn import gathered_ffn_reference
+from dyllm.kernels.reference_kv_update import kv_update_reference
+from dyllm.kernels.reference_saliency_attention import saliency_attention_reference
 from dyllm.models import DiffusionTransformer
 from dyllm.policies import TopK
 

@@ -22,7 +22,8 @@ import torch
 from dyllm.bench.decoding import Decoding
 from dyllm.bench.memory import PeakMemory
 from dyllm.bench.methods import MethodSpec
-from dyllm.bench.timing import StepTimer, generate_batch
+from dyllm.bench.timing import StepTimes
+from dyllm.engine import generate
 from dyllm.generation import GenerationResult
 from dyllm.reference.scoring import score_predictions
 from dyllm.reference.tasks import Problem
@@ -54,13 +55,20 @@ def measure(
     policy = method.build(model, workload.calibration_prompts, calibration_options)
     first_prompts = [problem.prompt for problem in workload.batches[0]]
 
-    def run(prompts: list[str], timers: list[StepTimer] | None = None) -> GenerationResult:
-        return generate_batch(model, prompts, policy, options, workload.check_invariants, timers)
+    def run(prompts: list[str], times: StepTimes | None = None) -> GenerationResult:
+        return generate(
+            model,
+            prompts,
+            policy=policy,
+            check_invariants=workload.check_invariants,
+            on_step=times,
+            **options,
+        )
 
     run(first_prompts)
-    timers: list[StepTimer] = []
+    times = StepTimes()
     with PeakMemory(next(model.parameters()).device) as memory:
-        run(first_prompts, timers)
+        run(first_prompts, times)
 
     passes: list[list[GenerationResult]] = []
     for _ in range(workload.repeats):
@@ -91,8 +99,8 @@ def measure(
         "tokens_per_forward": _tokens_per_forward(first),
         "tokens_per_forward_per_sequence": _tokens_per_forward(first, per_sequence=True),
         **_recompute_fractions(model, first),
-        "median_dense_step_s": timers[0].median_step_s(dense=True),
-        "median_sparse_step_s": timers[0].median_step_s(dense=False),
+        "median_dense_step_s": times.median_step_s(dense=True),
+        "median_sparse_step_s": times.median_step_s(dense=False),
         "peak_memory_bytes": memory.peak_bytes,
         "peak_memory_kind": memory.kind,
     }

@@ -2,8 +2,8 @@
 
 On the command line a method is `NAME[:KEY=VALUE,...]`, e.g. `dense`, `dyllm:tau=0.99`,
 `topk:k=0.25`, `adaptive:target_fraction=0.25`, `dllm-cache:gen_interval=7`. `adaptive` is
-calibrated (`LayerAdaptive.calibrate`) on prompts from the training stream, never on the held-out
-problems it is scored on, at one token per step; the per-layer taus found there serve every
+calibrated (`dyllm.engine.calibrate_taus`) on prompts from the training stream, never on the
+held-out problems it is scored on, at one token per step; the per-layer taus found there serve every
 decoding setting (with 4 tokens per step or threshold decoding a 24-token answer takes too few
 steps to leave a sparse step after the 4 warm-up steps).
 """
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dyllm.policies import LayerAdaptive, SaliencyPolicy
+from dyllm.engine import calibrate_taus
+from dyllm.policies import SaliencyPolicy
 from dyllm.policies.registry import POLICY_NAMES, make_policy
 
 INTEGER_PARAMS = ("prompt_interval", "gen_interval", "warmup_steps", "prompt_refresh_every")
@@ -65,9 +66,7 @@ class MethodSpec:
             return None
         if self.policy == "adaptive":
             target = float(params.pop(ADAPTIVE_PARAM))
-            return LayerAdaptive.calibrate(
-                model, list(calibration_prompts), target, **params, **options
-            )
+            return calibrate_taus(model, list(calibration_prompts), target, **params, **options)
         return make_policy(self.policy, model.config.family, **params)
 
 

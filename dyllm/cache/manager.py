@@ -10,9 +10,12 @@ the next step:
 | `context` | [B, L, H * D] | the row is a query (attention output before o_proj) |
 | `ffn_out` | [B, L, d] | the row goes through the FFN |
 
-Bookkeeping is plain tensors with asserted invariants: a `written` mask per layer and buffer
-records which rows hold data, so a read of a row never written fails loudly instead of returning
-zeros. The manager knows nothing about which rows matter; policies decide that.
+With `check_invariants` (on in the tests, off by default in `dyllm.generate`), plain tensors keep
+the books: a `written` mask per layer and buffer records which rows hold data, so a read of a row
+never written fails loudly instead of returning zeros. The checks read a flag back to the host at
+every layer, which stalls a GPU, so they are a debugging aid, not part of a method's cost. The
+manager is also the `ActivationSink` a dense forward fills (`record`). It knows nothing about
+which rows matter; policies decide that.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dyllm.models.config import ModelConfig
+from dyllm.models.transformer import LayerActivations
 
 BUFFERS = ("key", "value", "context", "ffn_out")
 
@@ -58,7 +62,7 @@ class CacheManager:
         length: int,
         device: torch.device | str,
         dtype: torch.dtype,
-        check_invariants: bool = True,
+        check_invariants: bool = False,
     ) -> None:
         self.batch, self.length = batch, length
         self.check_invariants = check_invariants
@@ -91,8 +95,31 @@ class CacheManager:
     def __getitem__(self, layer: int) -> LayerCache:
         return self.layers[layer]
 
+    def record(self, layer: int, activations: LayerActivations) -> None:
+        """Keep every row of what a dense forward computed at `layer` (the sink protocol)."""
+        buffers = self.layers[layer]
+        for name in BUFFERS:
+            buffers.buffer(name).copy_(getattr(activations, name))
+            self.mark_written(layer, name)
+
+    def written_state(self) -> list[dict[str, torch.Tensor]]:
+        """A copy of the bookkeeping masks (empty without invariant checks)."""
+        if not self.check_invariants:
+            return []
+        return [
+            {name: mask.clone() for name, mask in layer.written.items()} for layer in self.layers
+        ]
+
+    def restore_written(self, state: list[dict[str, torch.Tensor]]) -> None:
+        """Put back masks saved by `written_state`."""
+        for layer, masks in zip(self.layers, state, strict=False):
+            for name, mask in masks.items():
+                layer.written[name].copy_(mask)
+
     def mark_written(self, layer: int, name: str, rows: torch.Tensor | None = None) -> None:
         """Record that `rows` (bool [B, L]; None = all) of a buffer now hold data."""
+        if not self.check_invariants:
+            return
         written = self.layers[layer].written[name]
         if rows is None:
             written.fill_(True)

@@ -2,138 +2,193 @@
 
 It owns the `CacheManager` of one generate call (allocated at the first step, for the batch the
 sampler passes: 2B rows under classifier-free guidance) and, each step, asks the policy for a
-plan, then runs either the dense step (which refills every cache) or the sparse step, and keeps
-the per-layer statistics. Logits are computed for the columns the sampler reads
-(`ctx.logit_start` to `ctx.logit_end`); a plan whose queries do not cover them is refused.
+plan, then runs either the dense step (the model's one forward, filling every cache through its
+activation sink) or the sparse step, and keeps the per-layer statistics. Logits are computed for
+the columns the sampler reads (`ctx.logit_start` to `ctx.logit_end`); a plan whose queries do not
+cover them is refused.
+
+Host synchronisations of a sparse step: one when it starts (query and refresh counts, and
+whether the queries form one span: every shape the step needs, known before layer 0) and one when
+it ends (the counts for the statistics and the capacity check); none inside the layer loop.
+A step whose guessed capacity overflowed runs once more (see `sparse_step`), adding one more
+of each.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from dyllm.cache import CacheManager
+from dyllm.engine.sparse_step import QueryRows, SparseStep, StepOutcome
 from dyllm.engine.statistics import RecomputeStatistics
-from dyllm.generation.context import Denoiser, StepContext
-from dyllm.models.sparse_step import (
-    SparseStepState,
-    forward_filling_cache,
-    query_index_of,
-    sparse_forward,
-)
+from dyllm.generation.denoiser import Denoiser
+from dyllm.generation.step import StepContext
 from dyllm.models.transformer import DiffusionTransformer
-from dyllm.policies.base import SaliencyPolicy, StepInfo
+from dyllm.policies.base import SaliencyPolicy, StepPlan
+
+GUESS_MARGIN = 1.5
+"""A guessed capacity is this many times the most rows a sequence needed at that layer in the
+previous sparse step (as a fraction of its query rows) ..."""
+GUESS_SLACK = 8
+"""... plus this many rows, capped at the query count."""
 
 
 class SaliencyDenoiser(Denoiser):
     """Dense or sparse steps as `policy` plans them, over caches it allocates once.
 
-    attention_mask: bool [B, L] or None; position_ids: long [B, L] or None (0..L-1).
-    trace: keep per-step, per-layer recompute fractions (see `RecomputeStatistics.trace`).
+    trace: keep per-step, per-layer recompute fractions (see `RecomputeStatistics.trace`);
+    check_invariants: assert the cache's written-row bookkeeping (a debugging aid that reads a
+    flag back to the host at every layer).
     """
 
     def __init__(
         self,
         model: DiffusionTransformer,
         policy: SaliencyPolicy,
-        attention_mask: torch.Tensor | None,
-        position_ids: torch.Tensor | None,
         trace: bool = False,
-        check_invariants: bool = True,
+        check_invariants: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.policy = policy
-        self.attention_mask = attention_mask
-        self.position_ids = position_ids
         self.check_invariants = check_invariants
         self.cache: CacheManager | None = None
         self.statistics = RecomputeStatistics(model.config.num_layers, trace=trace)
+        self.capacity_retries = 0
+        self._needed_fraction: list[float] | None = None
         policy.reset(model.config.num_layers)
 
     def __call__(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        copies = 2 if ctx.classifier_free_guidance else 1
-        key_mask = _repeat_rows(self.attention_mask, copies)
-        positions = _repeat_rows(self.position_ids, copies)
         batch, length = x.shape
-        if positions is None:
-            positions = torch.arange(length, device=x.device).expand(batch, length)
         if self.cache is None:
             self.cache = CacheManager(
                 self.model.config, batch, length, x.device, self.model.dtype, self.check_invariants
             )
-        step = self._step_info(x, ctx)
-        plan = self.policy.plan(step)
-        self.nfe += copies
+        plan = self.policy.plan(ctx)
+        self.nfe += 2 if ctx.classifier_free_guidance else 1
+        self.last_step_dense = plan.dense
         if plan.dense:
             self.statistics.record_dense(ctx.step, batch * length)
-            return forward_filling_cache(
-                self.model, x, key_mask, positions, self.cache, (ctx.logit_start, ctx.logit_end)
+            return self.model(
+                x,
+                attention_mask=ctx.attention_mask,
+                position_ids=ctx.position_ids,
+                logit_range=(ctx.logit_start, ctx.logit_end),
+                sink=self.cache,
             )
-        return self._sparse(x, step, plan, key_mask, positions, ctx)
+        return self._sparse(x, ctx, plan)
 
-    def _sparse(
-        self, x, step: StepInfo, plan, key_mask, positions, ctx: StepContext
-    ) -> torch.Tensor:
+    def _sparse(self, x: torch.Tensor, ctx: StepContext, plan: StepPlan) -> torch.Tensor:
+        assert self.cache is not None
+        queries, refresh = self._checked_plan(plan, x)
+        query_rows, most_refreshed = self._query_rows(queries, refresh, ctx)
+        # the window's columns are all queries, so in each row they are consecutive slots of the
+        # (ascending) query positions, starting after the queries left of the window
+        first_slot = (query_rows.index < ctx.logit_start).sum(dim=1, keepdim=True)  # [B, 1]
+        logit_rows = first_slot + torch.arange(ctx.logit_end - ctx.logit_start, device=x.device)
+        capacities, guessed = self._capacities(ctx, query_rows.count, most_refreshed)
+        written = self.cache.written_state() if guessed else []
+        while True:
+            step = SparseStep(
+                self.model,
+                self.cache,
+                self.policy,
+                ctx,
+                query_rows,
+                refresh & queries,
+                capacities,
+                keep_undo=guessed,
+            )
+            logits = step.run(x, logit_rows)  # [B, W, V]
+            outcome = step.finish()
+            if not outcome.overflow:
+                break
+            step.undo()
+            self.cache.restore_written(written)
+            self.capacity_retries += 1
+            capacities, guessed = [query_rows.count] * len(capacities), False
+        self._remember(outcome, query_rows.count)
+        batch, length = x.shape
+        self.statistics.record_sparse(
+            ctx.step, batch * length, query_rows.index.numel(), outcome.refreshed, outcome.selected
+        )
+        return logits
+
+    def _checked_plan(self, plan: StepPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.policy.name
         if plan.queries is None or plan.refresh is None:
-            raise ValueError(f"policy {self.policy.name!r} planned a sparse step without rows")
-        if not bool(plan.queries[:, ctx.logit_start : ctx.logit_end].all()):
+            raise ValueError(f"policy {name!r} planned a sparse step without query or refresh rows")
+        for label, rows in (("queries", plan.queries), ("refresh", plan.refresh)):
+            if rows.dtype != torch.bool or rows.shape != x.shape:
+                raise ValueError(
+                    f"policy {name!r}: the plan's {label} must be a bool mask of shape "
+                    f"{list(x.shape)}, got {rows.dtype} of shape {list(rows.shape)}"
+                )
+        return plan.queries, plan.refresh
+
+    def _query_rows(
+        self, queries: torch.Tensor, refresh: torch.Tensor, ctx: StepContext
+    ) -> tuple[QueryRows, int]:
+        """The query rows and the most layer-0 refreshed rows in a sequence (one host sync)."""
+        length = queries.shape[1]
+        columns = torch.arange(length, device=queries.device)
+        counts = queries.sum(dim=1)  # [B]
+        start = queries.int().argmax(dim=1)  # first query column of each sequence
+        inside = (columns >= start[:, None]) & (columns < (start + counts)[:, None])
+        one_span = (queries == inside).all() & (start == start[0]).all()
+        covers_window = queries[:, ctx.logit_start : ctx.logit_end].all()
+        most_refreshed = (refresh & queries).sum(dim=1).max()
+        facts = torch.stack([one_span, covers_window, most_refreshed, start[0]]).long()
+        values = torch.cat([facts, counts]).tolist()
+        one_span, covers_window, most_refreshed, first = values[:4]
+        counts_per_sequence = values[4:]
+        if not covers_window:
             raise ValueError(
                 f"policy {self.policy.name!r} left rows out of its queries whose logits the "
                 f"sampler reads (columns {ctx.logit_start}..{ctx.logit_end - 1}: the current "
                 "block, one column earlier for models with a logit shift)"
             )
-        query_index = query_index_of(plan.queries)
-        # the window's columns are all queries, so in each row they are consecutive slots of
-        # the (ascending) query positions, starting after the queries left of the window
-        first_slot = (query_index < ctx.logit_start).sum(dim=1, keepdim=True)  # [B, 1]
-        window = torch.arange(ctx.logit_end - ctx.logit_start, device=x.device)
-        logit_rows = first_slot + window  # [B, W]
-        cos, sin = self.model.rope(positions.gather(1, query_index))
-        state = SparseStepState(
-            cache=self.cache,
-            policy=self.policy,
-            step=step,
-            queries=plan.queries,
-            query_index=query_index,
-            cos=cos,
-            sin=sin,
-            key_mask=key_mask,
-            incoming=plan.refresh & plan.queries,
-        )
-        logits = sparse_forward(self.model, x, state, logit_rows)  # [B, W, V]
-        batch, length = x.shape
-        self.statistics.record_sparse(step.step, batch * length, query_index.numel(), state.counts)
-        return logits
+        if len(set(counts_per_sequence)) != 1:
+            raise ValueError(
+                f"policy {self.policy.name!r}: query rows must number the same in every sequence "
+                f"of the batch; got {counts_per_sequence}"
+            )
+        count = counts_per_sequence[0]
+        order = torch.sort((~queries).to(torch.int8), dim=1, stable=True).indices
+        span = (first, first + count) if one_span and count else None
+        return QueryRows(queries, order[:, :count], span), most_refreshed
 
-    def _step_info(self, x: torch.Tensor, ctx: StepContext) -> StepInfo:
-        config = self.model.config
-        shift = 1 if config.logit_shift else 0
-        return StepInfo(
-            step=ctx.step,
-            block=ctx.block,
-            step_in_block=ctx.step_in_block,
-            first_step_in_block=ctx.first_step_in_block,
-            block_start=ctx.block_start,
-            block_end=ctx.block_end,
-            prompt_length=ctx.prompt_length,
-            response_start=max(ctx.prompt_length - shift, 0),
-            length=x.shape[1],
-            logit_start=ctx.logit_start,
-            logit_end=ctx.logit_end,
-            masked=x == config.mask_token_id,
-            newly_committed=ctx.newly_committed,
-        )
+    def _capacities(
+        self, ctx: StepContext, query_count: int, most_refreshed: int
+    ) -> tuple[list[int], bool]:
+        """Rows per sequence each layer can hold, and whether any of them is a guess."""
+        capacities, guessed = [], False
+        for layer in range(self.model.config.num_layers):
+            budget = self.policy.row_budget(ctx, layer, query_count)
+            if budget is None:
+                budget = self._guess(layer, query_count)
+                guessed = guessed or budget < query_count
+            if layer == 0:
+                budget = max(budget, most_refreshed)  # layer 0 refreshes the plan's rows
+            capacities.append(min(max(int(budget), 0), query_count))
+        return capacities, guessed
+
+    def _guess(self, layer: int, query_count: int) -> int:
+        """A capacity from what the previous sparse step needed (every row before there is one)."""
+        if self._needed_fraction is None:
+            return query_count
+        rows = math.ceil(self._needed_fraction[layer] * query_count * GUESS_MARGIN) + GUESS_SLACK
+        return min(rows, query_count)
+
+    def _remember(self, outcome: StepOutcome, query_count: int) -> None:
+        self._needed_fraction = [most / max(query_count, 1) for most in outcome.most_per_sequence]
 
     def extra_stats(self) -> dict[str, Any]:
         stats = self.statistics.summary()
         stats["policy"] = self.policy.describe()
         stats["cache_bytes"] = 0 if self.cache is None else self.cache.nbytes
+        stats["capacity_retries"] = self.capacity_retries
         return stats
-
-
-def _repeat_rows(tensor: torch.Tensor | None, copies: int) -> torch.Tensor | None:
-    if tensor is None or copies == 1:
-        return tensor
-    return torch.cat([tensor] * copies, dim=0)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dyllm.models.sparse_step import LayerCounts
-
 
 class RecomputeStatistics:
     """Accumulates per-layer recompute counts over the steps of one generate call."""
@@ -40,21 +38,22 @@ class RecomputeStatistics:
             )
 
     def record_sparse(
-        self, step: int, rows: int, query_rows: int, counts: list[LayerCounts]
+        self, step: int, rows: int, query_rows: int, refreshed: list[int], selected: list[int]
     ) -> None:
+        """One sparse step: `refreshed` and `selected` rows per layer (summed over the batch)."""
         self.sparse_steps += 1
         self.rows_seen += rows
-        for layer, count in enumerate(counts):
-            self.refreshed[layer] += count.refreshed
-            self.selected[layer] += count.selected
+        for layer, (attention, ffn) in enumerate(zip(refreshed, selected, strict=True)):
+            self.refreshed[layer] += attention
+            self.selected[layer] += ffn
         if self.trace is not None:
             self.trace.append(
                 {
                     "step": step,
                     "dense": False,
                     "queries": query_rows / rows,
-                    "attention": [c.refreshed / rows for c in counts],
-                    "ffn": [c.selected / rows for c in counts],
+                    "attention": [count / rows for count in refreshed],
+                    "ffn": [count / rows for count in selected],
                 }
             )
 

@@ -7,9 +7,10 @@ fraction of rows that were queries and, per layer, the fractions recomputed thro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from dyllm.json_files import read_json
 
 
 def read_trace(path: str | Path) -> dict[str, Any]:
@@ -17,10 +18,7 @@ def read_trace(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trace file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not JSON ({error})") from error
+    data = read_json(path, advice=f"write it again with `dyllm generate --trace {path.name}`")
     if not isinstance(data, dict) or not data.get("trace"):
         raise ValueError(
             f"{path} holds no trace; write one with `dyllm generate --trace {path.name} ...`"

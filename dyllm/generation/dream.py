@@ -23,11 +23,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dyllm.generation.commit_rules import factor_selection, threshold_selection
 from dyllm.generation.config import GenerationConfig
 from dyllm.generation.loop import DenoisingLoop
-from dyllm.generation.schedules import dream_timesteps, dream_transfer_count
-from dyllm.generation.selection import factor_selection, threshold_selection
 from dyllm.generation.token_sampling import dream_sample_tokens
+from dyllm.generation.transfer_counts import dream_timesteps, dream_transfer_count
 
 NEG_INF = float("-inf")
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import torch
 
+from dyllm.generation.commit_rules import (
+    commit_most_confident,
+    factor_selection,
+    threshold_selection,
+)
 from dyllm.generation.config import GenerationConfig
 from dyllm.generation.loop import DenoisingLoop
-from dyllm.generation.schedules import llada_transfer_counts
-from dyllm.generation.selection import factor_selection, threshold_selection, top_k_per_row
 from dyllm.generation.token_sampling import llada_propose
+from dyllm.generation.transfer_counts import llada_transfer_counts
 
 NEG_INF = float("-inf")
 
@@ -56,7 +60,7 @@ def run_llada(loop: DenoisingLoop, config: GenerationConfig) -> None:
                 transfer = factor_selection(confidence, masked, config.factor)
             else:
                 ranked = confidence.masked_fill(~masked, NEG_INF)
-                transfer = top_k_per_row(ranked, counts[:, step_in_block])
+                transfer = commit_most_confident(ranked, counts[:, step_in_block])
             loop.commit_block(block, transfer, proposals)
             if loop.done:
                 return

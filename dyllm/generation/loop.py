@@ -17,13 +17,19 @@ mask count over rows) and produce the same tokens as without early stop.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from dyllm.generation.batching import PromptBatch
-from dyllm.generation.context import Denoiser, StepContext
+from dyllm.generation.denoiser import Denoiser
+from dyllm.generation.model import SamplerConfig
+from dyllm.generation.step import StepContext, StepReport
+
+StepObserver = Callable[[StepReport], None]
+"""Called after every step's commit with what the step did (`generate(..., on_step=...)`)."""
 
 
 class DenoisingLoop:
@@ -35,13 +41,16 @@ class DenoisingLoop:
         block_length: int,
         denoiser: Denoiser,
         generator: torch.Generator,
-        model_config: Any,
+        model_config: SamplerConfig,
         *,
         stop_at_eos: bool = False,
         progress: bool = False,
         planned_steps: int | None = None,
+        on_step: StepObserver | None = None,
     ) -> None:
         self.x = batch.canvas.clone()  # [B, P + G]
+        self.attention_mask = batch.attention_mask
+        self.position_ids = batch.position_ids
         self.prompt_length = batch.prompt_length
         self.gen_length = self.x.shape[1] - batch.prompt_length
         self.block_length = block_length
@@ -49,12 +58,15 @@ class DenoisingLoop:
         self.generator = generator
         self.mask_token_id: int = model_config.mask_token_id
         self.eos_token_id: int | None = model_config.eos_token_id
-        self.eot_token_id: int | None = getattr(model_config, "eot_token_id", None)
+        self.eot_token_id: int | None = model_config.eot_token_id
         self.logit_shift = bool(model_config.logit_shift)
         self.stop_at_eos = stop_at_eos
         self.steps_run = 0
         self.done = False
         self._newly_committed: torch.Tensor | None = None
+        self._on_step = on_step
+        self._last_context: StepContext | None = None
+        self._last_seconds = 0.0
         self._progress = tqdm(
             total=planned_steps, disable=not progress, desc="denoising", unit="step"
         )
@@ -105,26 +117,38 @@ class DenoisingLoop:
         the stack [x; unconditional], logits [2B, W, V].
         """
         guidance = unconditional is not None
+        copies = 2 if guidance else 1
         canvas = torch.cat([self.x, unconditional], dim=0) if guidance else self.x
-        newly_committed = self._newly_committed
-        if guidance and newly_committed is not None:
-            newly_committed = torch.cat([newly_committed, newly_committed], dim=0)
+        newly_committed = _stacked(self._newly_committed, copies)
         start, end = self.block_bounds(block)
         shift = 1 if self.logit_shift else 0
         context = StepContext(
             step=self.steps_run,
             block=block,
             step_in_block=step_in_block,
+            first_step_in_block=step_in_block == 0,
             block_start=start,
             block_end=end,
             prompt_length=self.prompt_length,
-            newly_committed=newly_committed,
-            first_step_in_block=step_in_block == 0,
+            response_start=max(self.prompt_length - shift, 0),
+            length=canvas.shape[1],
             logit_start=start - shift,
             logit_end=end - shift,
+            masked=canvas == self.mask_token_id,
+            newly_committed=newly_committed,
+            attention_mask=_stacked(self.attention_mask, copies),
+            position_ids=_stacked(self.position_ids, copies),
             classifier_free_guidance=guidance,
         )
-        logits = self.denoiser(canvas, context)
+        if self._on_step is None:
+            logits = self.denoiser(canvas, context)
+        else:
+            synchronize(canvas.device)
+            began = time.perf_counter()
+            logits = self.denoiser(canvas, context)
+            synchronize(canvas.device)
+            self._last_seconds = time.perf_counter() - began
+        self._last_context = context
         expected = (canvas.shape[0], end - start)
         if logits.dim() != 3 or tuple(logits.shape[:2]) != expected:
             raise ValueError(
@@ -140,6 +164,15 @@ class DenoisingLoop:
         self._newly_committed = transfer
         self.steps_run += 1
         self._progress.update(1)
+        if self._on_step is not None and self._last_context is not None:
+            report = StepReport(
+                context=self._last_context,
+                committed=transfer,
+                canvas=self.x.clone(),
+                dense=self.denoiser.last_step_dense,
+                denoiser_seconds=self._last_seconds,
+            )
+            self._on_step(report)
         if self.stop_at_eos and self._every_row_final():
             self._fill_masks_with_eos()
             self.done = True
@@ -176,6 +209,19 @@ class DenoisingLoop:
         self.x[:, self.prompt_length :] = generated.masked_fill(
             generated == self.mask_token_id, self.eos_token_id
         )
+
+
+def _stacked(tensor: torch.Tensor | None, copies: int) -> torch.Tensor | None:
+    """`tensor` [B, ...] repeated `copies` times along the batch (CFG stacks two canvases)."""
+    if tensor is None or copies == 1:
+        return tensor
+    return torch.cat([tensor] * copies, dim=0)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _first_index(hits: torch.Tensor) -> torch.Tensor:

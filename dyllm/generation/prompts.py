@@ -13,6 +13,8 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from dyllm.generation.model import SamplerConfig
+
 PromptInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 
 
@@ -47,7 +49,9 @@ def encode_prompts(prompts: PromptInput, tokenizer: Any, chat: bool) -> list[lis
     )
 
 
-def check_prompt_ids(prompt_ids: list[list[int]], model_config: Any, gen_length: int) -> None:
+def check_prompt_ids(
+    prompt_ids: list[list[int]], model_config: SamplerConfig, gen_length: int
+) -> None:
     """Token ids inside the vocabulary, no mask token, and room for the answer."""
     vocab_size = model_config.vocab_size
     for index, ids in enumerate(prompt_ids):

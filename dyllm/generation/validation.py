@@ -15,9 +15,10 @@ from dyllm.generation.config import (
     GenerationConfig,
     unknown_choice_error,
 )
+from dyllm.generation.model import SamplerConfig
 
 
-def validate_config(config: GenerationConfig, model_config: Any) -> None:
+def validate_config(config: GenerationConfig, model_config: SamplerConfig) -> None:
     """Raise ValueError for option values the samplers cannot run.
 
     config: resolved (see `resolve_config`); model_config: `model.config` (token ids).
@@ -84,7 +85,7 @@ def _check_parallel_decoding(config: GenerationConfig) -> None:
             )
 
 
-def _check_llada(config: GenerationConfig, model_config: Any) -> None:
+def _check_llada(config: GenerationConfig, model_config: SamplerConfig) -> None:
     if config.remasking not in REMASKING_RULES:
         raise unknown_choice_error("remasking", config.remasking, REMASKING_RULES)
     _check_number("cfg_scale", config.cfg_scale, minimum=0.0)

@@ -1,35 +1,38 @@
-"""Kernel layer of the sparse step: eager references (the specification, the CPU path) and
-Triton kernels (the GPU path) behind one dispatch, `kernel(name, device)`, overridable with
-DYLLM_KERNELS=auto|eager|triton. See docs/kernels.md.
+"""Kernel layer of the sparse step: the transformer's primitives, and each operation twice, an
+eager reference (the specification, the CPU path) and a Triton kernel (the GPU path), behind one
+typed function that dispatches inside (`DYLLM_KERNELS=auto|eager|triton`). See docs/kernels.md.
 
-| kernel | reference | Triton |
+| operation | reference | Triton |
 |---|---|---|
-| `saliency_attention` | `saliency_attention.py` | `triton_saliency_attention.py` |
-| `gathered_ffn` | `gathered_ffn.py` | `triton_gathered_ffn.py` |
-| `kv_update` | `kv_update.py` | `triton_kv_update.py` |
+| `saliency_attention` | `reference_saliency_attention.py` | `triton_saliency_attention.py` |
+| `gathered_ffn` | `reference_gathered_ffn.py` | `triton_gathered_ffn.py` |
+| `kv_update` | `reference_kv_update.py` | `triton_kv_update.py` |
 
 The references are imported (and so registered) here; the Triton modules on first request.
+Nothing here imports anything of dyllm above this package.
 """
 
-from dyllm.kernels import gathered_ffn as _gathered_ffn  # noqa: F401 - registers
-from dyllm.kernels import kv_update as _kv_update  # noqa: F401 - registers
-from dyllm.kernels import saliency_attention as _saliency_attention  # noqa: F401 - registers
-from dyllm.kernels.dispatch import kernel, register, requested_backend, triton_interpreting
-from dyllm.kernels.gathered_ffn import FeedForwardWeights, gathered_ffn_reference
-from dyllm.kernels.kv_update import kv_update_reference
+from dyllm.kernels.dispatch import implementation, register, requested_backend, triton_interpreting
+from dyllm.kernels.operations import gathered_ffn, kv_update, saliency_attention
+from dyllm.kernels.primitives import row_cosine
+from dyllm.kernels.reference_gathered_ffn import FeedForwardWeights, gathered_ffn_reference
+from dyllm.kernels.reference_kv_update import kv_update_reference
+from dyllm.kernels.reference_saliency_attention import saliency_attention_reference
 from dyllm.kernels.row_sets import FlatRows, PaddedRows
-from dyllm.kernels.saliency_attention import row_cosine, saliency_attention_reference
 
 __all__ = [
     "FeedForwardWeights",
     "FlatRows",
     "PaddedRows",
+    "gathered_ffn",
     "gathered_ffn_reference",
-    "kernel",
+    "implementation",
+    "kv_update",
     "kv_update_reference",
     "register",
     "requested_backend",
     "row_cosine",
+    "saliency_attention",
     "saliency_attention_reference",
     "triton_interpreting",
 ]

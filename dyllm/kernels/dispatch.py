@@ -1,6 +1,7 @@
 """One switch between each kernel's implementations: the eager reference and the GPU kernels.
 
-`DYLLM_KERNELS` (or the `backend` argument of `kernel`) chooses: `eager` forces the PyTorch
+Callers use the typed functions of `dyllm.kernels.operations`; this module is the registry they
+dispatch through. `DYLLM_KERNELS` (or a `backend` argument) chooses: `eager` forces the PyTorch
 reference, `triton` forces the GPU kernel, `auto` (default) takes Triton for CUDA tensors when
 Triton is installed and the reference otherwise. Tests set it to compare the two paths.
 
@@ -53,7 +54,9 @@ def requested_backend(backend: str | None = None) -> str:
     return choice
 
 
-def kernel(name: str, device: torch.device, backend: str | None = None) -> Callable[..., Any]:
+def implementation(
+    name: str, device: torch.device, backend: str | None = None
+) -> Callable[..., Any]:
     """The implementation of kernel `name` to run on `device`."""
     implementations = _IMPLEMENTATIONS.get(name)
     if not implementations:

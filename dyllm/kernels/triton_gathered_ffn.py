@@ -8,7 +8,8 @@ Held to `gathered_ffn_reference`. Five launches for N selected rows:
 2. gate and up projections: two cuBLAS matmuls on the compact rows;
 3. `_silu_mul_kernel`: `silu(gate) * up` in one pass over [N, F] instead of three;
 4. down projection: one cuBLAS matmul;
-5. `_scatter_rows_kernel`: the N result rows written by index into the FFN-output cache.
+5. `_scatter_rows_kernel`: the valid result rows written by index into the FFN-output cache
+   (padding rows, `valid` False, are computed and dropped).
 
 The matmuls carry nearly all of the FLOPs and run at cuBLAS speed on the compact rows. Fusing
 the gather into the gate/up matmul's prologue and the scatter into the down matmul's epilogue
@@ -27,9 +28,10 @@ import triton
 import triton.language as tl
 
 from dyllm.kernels.dispatch import register
-from dyllm.kernels.gathered_ffn import FeedForwardWeights
+from dyllm.kernels.reference_gathered_ffn import FeedForwardWeights
 from dyllm.kernels.row_sets import FlatRows
 from dyllm.kernels.triton_launch import (
+    as_bytes,
     check_device,
     check_float,
     check_shape,
@@ -98,6 +100,7 @@ def _scatter_rows_kernel(
     rows_ptr,
     batch_index_ptr,
     position_ptr,
+    valid_ptr,
     target_ptr,
     rows_stride_r,
     target_stride_b,
@@ -111,6 +114,7 @@ def _scatter_rows_kernel(
     row_in = rows < count
     batch = tl.load(batch_index_ptr + rows, mask=row_in, other=0)
     position = tl.load(position_ptr + rows, mask=row_in, other=0)
+    row_in = row_in & (tl.load(valid_ptr + rows, mask=row_in, other=0) != 0)
     destination = (
         target_ptr + batch[:, None] * target_stride_b + position[:, None] * target_stride_r
     )
@@ -191,6 +195,7 @@ def gathered_ffn_triton(
         result,
         rows.batch_index,
         positions,
+        as_bytes(rows.valid),
         ffn_out,
         result.stride(0),
         ffn_out.stride(0),

@@ -22,6 +22,7 @@ import triton.language as tl
 from dyllm.kernels.dispatch import register
 from dyllm.kernels.row_sets import FlatRows
 from dyllm.kernels.triton_launch import (
+    as_bytes,
     check_device,
     check_float,
     check_shape,
@@ -46,6 +47,7 @@ def _kv_update_kernel(
     sin_ptr,
     batch_index_ptr,
     position_ptr,
+    valid_ptr,
     key_cache_ptr,
     value_cache_ptr,
     delta_ptr,
@@ -72,6 +74,7 @@ def _kv_update_kernel(
     row_in = rows < count
     batch = tl.load(batch_index_ptr + rows, mask=row_in, other=0)
     position = tl.load(position_ptr + rows, mask=row_in, other=0)
+    valid = tl.load(valid_ptr + rows, mask=row_in, other=0) != 0
     half = head_dim // 2
     first = tl.arange(0, BLOCK_HALF)
     inside = row_in[:, None] & (first < half)[None, :]
@@ -109,8 +112,9 @@ def _kv_update_kernel(
         + head * key_cache_stride_h
         + position[:, None] * key_cache_stride_r
     )
-    tl.store(key_out + first, round_to(rotated1, dtype, SOFTWARE_ROUNDING), mask=inside)
-    tl.store(key_out + second, round_to(rotated2, dtype, SOFTWARE_ROUNDING), mask=inside)
+    writes = inside & valid[:, None]  # padding rows leave the caches alone and get dV = 0
+    tl.store(key_out + first, round_to(rotated1, dtype, SOFTWARE_ROUNDING), mask=writes)
+    tl.store(key_out + second, round_to(rotated2, dtype, SOFTWARE_ROUNDING), mask=writes)
 
     value_at = value_rows_ptr + rows[:, None] * value_rows_stride + head * head_dim
     value_out = (
@@ -124,8 +128,8 @@ def _kv_update_kernel(
         dims = first + part * half
         value = tl.load(value_at + dims, mask=inside, other=0.0)
         old = tl.load(value_out + dims, mask=inside, other=0.0)
-        tl.store(value_out + dims, value, mask=inside)
-        delta = value.to(tl.float32) - old.to(tl.float32)
+        tl.store(value_out + dims, value, mask=writes)
+        delta = tl.where(writes, value.to(tl.float32) - old.to(tl.float32), 0.0)
         tl.store(delta_out + dims, round_to(delta, dtype, SOFTWARE_ROUNDING), mask=inside)
 
 
@@ -182,6 +186,7 @@ def kv_update_triton(
         sin,
         rows.batch_index,
         rows.position,
+        as_bytes(rows.valid),
         key_cache,
         value_cache,
         delta,

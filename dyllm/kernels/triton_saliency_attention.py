@@ -241,7 +241,7 @@ def saliency_attention_triton(
     key: torch.Tensor,
     value: torch.Tensor,
     context_old: torch.Tensor,
-    exact: torch.Tensor,
+    exact_rows: PaddedRows,
     delta_columns: PaddedRows,
     delta_value: torch.Tensor,
     key_mask: torch.Tensor | None,
@@ -249,6 +249,7 @@ def saliency_attention_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `saliency_attention_reference` (shapes and semantics there)."""
     batch, heads, num_rows, head_dim = q.shape
+    exact = exact_rows.mask(num_rows)  # the kernel reads exact rows as a [B, Q] mask
     kv_heads, length = key.shape[1], key.shape[2]
     width = delta_columns.width
     check_device(

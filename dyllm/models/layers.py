@@ -1,19 +1,15 @@
-"""The transformer's primitives, each written as its definition: RMSNorm, RoPE, attention, SwiGLU.
+"""The transformer's parameterised pieces as modules: RMSNorm and SwiGLU.
 
-Both families use the same pieces with two numerical differences that matter for reproducing
-their tokens exactly:
-
-* RoPE precision. LLaDA (`rope_full_precision`) rotates q and k in float32 and casts the result
-  back; Dream computes cos/sin in float32, casts them to the hidden dtype and rotates there.
-* Everything else (RMSNorm in float32 then cast, then the weight; bidirectional softmax attention
-  with scale 1/sqrt(head_dim); SwiGLU `down(silu(gate(x)) * up(x))`) is shared.
+The arithmetic is `dyllm.kernels.primitives` (shared with the sparse step's kernel references);
+these modules only hold the weights under the names the key maps use.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from dyllm.kernels.primitives import rms_norm, swiglu
 
 
 class RMSNorm(nn.Module):
@@ -25,9 +21,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class SwiGLU(nn.Module):
@@ -40,65 +34,4 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-def rope_inverse_frequencies(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
-    """`theta^(-arange(0, head_dim, 2) / head_dim)` in float32: [head_dim / 2]."""
-    exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.int64).float() / head_dim
-    return 1.0 / (theta**exponents)
-
-
-def rope_angles(
-    position_ids: torch.Tensor, head_dim: int, theta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles, float32, each [B, L, head_dim] (halves repeated)."""
-    inv_freq = rope_inverse_frequencies(head_dim, theta, position_ids.device)
-    angles = position_ids.float()[..., None] * inv_freq  # [B, L, head_dim / 2]
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """`cat(-x2, x1)` over the last dimension (the NeoX / HF-Llama half layout)."""
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_rope(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool
-) -> torch.Tensor:
-    """Rotate `x: [B, H, L, D]` by angles `cos, sin: [B, L, D]` (float32).
-
-    `full_precision` (LLaDA): rotate in float32 and cast back. Otherwise (Dream): cast cos/sin to
-    x's dtype and rotate in that dtype.
-    """
-    cos, sin = cos[:, None], sin[:, None]
-    if full_precision:
-        x32 = x.float()
-        return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
-
-
-def expand_kv_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Repeat each key/value head for its query group: [B, KV, L, D] -> [B, H, L, D].
-
-    Query head h reads key/value head h // (H / KV), as in grouped-query attention.
-    """
-    groups = num_heads // x.shape[1]
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Bidirectional attention `softmax(q k^T / sqrt(D)) v`.
-
-    q: [B, H, Lq, D]; k, v: [B, KV, Lk, D]; key_mask: [B, Lk] bool (True = attend) or None.
-    Returns [B, H, Lq, D].
-    """
-    k = expand_kv_heads(k, q.shape[1])
-    v = expand_kv_heads(v, q.shape[1])
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+        return swiglu(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)

@@ -9,16 +9,18 @@ key at fault and what to do about it.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from dyllm.json_files import read_json, read_json_object
 from dyllm.models.config import ConfigError, ModelConfig
 from dyllm.models.keymaps import checkpoint_keys
 from dyllm.models.transformer import DiffusionTransformer
+from dyllm.tokenizer import Tokenizer
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -48,7 +50,8 @@ def load(
 
     dtype defaults to the checkpoint's `torch_dtype`. The returned model is in eval mode without
     gradients; `model.tokenizer` is the folder's tokenizer (None when it ships none) and
-    `model.generation_defaults` the contents of its generation_config.json.
+    `model.generation_defaults` the contents of its generation_config.json. The tokenizer's
+    end-of-turn id, when it has one, is the config's `eot_token_id`.
     """
     folder = checkpoint_folder(path)
     config = read_config(folder)
@@ -56,9 +59,12 @@ def load(
     dtype = resolve_dtype(dtype if dtype is not None else config.torch_dtype)
     check_dtype_runs(dtype, device)
     key_to_shard = locate_tensors(folder)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    if tokenizer is not None and tokenizer.eot_token_id is not None:
+        config = dataclasses.replace(config, eot_token_id=tokenizer.eot_token_id)
 
     with torch.device("meta"):
-        model = DiffusionTransformer(config)
+        model = DiffusionTransformer(config, tokenizer, read_generation_defaults(folder))
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     expected = checkpoint_keys(config, shapes)
     _check_key_sets(folder, expected, key_to_shard)
@@ -68,9 +74,7 @@ def load(
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight
-    model.eval().requires_grad_(False)
-    _attach_tokenizer_and_defaults(model, folder)
-    return model
+    return model.eval().requires_grad_(False)
 
 
 def checkpoint_folder(path: str | Path) -> Path:
@@ -84,13 +88,6 @@ def checkpoint_folder(path: str | Path) -> Path:
     return folder
 
 
-def read_json(file: Path) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{file} is not valid JSON ({error})") from error
-
-
 def read_config(folder: Path) -> ModelConfig:
     """The ModelConfig of a checkpoint folder, from its config.json."""
     config_file = folder / "config.json"
@@ -99,9 +96,7 @@ def read_config(folder: Path) -> ModelConfig:
             f"{folder} has no config.json; a checkpoint folder holds config.json next to its "
             "safetensors files (download the model's whole folder, not only the weights)"
         )
-    raw = read_json(config_file)
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{config_file} must hold a JSON object")
+    raw = read_json_object(config_file, CheckpointError)
     try:
         return ModelConfig.from_hf_config(raw)
     except ConfigError as error:
@@ -166,7 +161,7 @@ def locate_tensors(folder: Path) -> dict[str, Path]:
 
 
 def _keys_from_index(folder: Path, index_file: Path) -> dict[str, Path]:
-    index = read_json(index_file)
+    index = read_json(index_file, CheckpointError)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_file} has no 'weight_map' object mapping keys to shards")
@@ -257,21 +252,18 @@ def _open_safetensors(file: Path):
         ) from error
 
 
-def _attach_tokenizer_and_defaults(model: DiffusionTransformer, folder: Path) -> None:
-    from dyllm.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.from_pretrained(folder)
-    model.tokenizer = tokenizer
-    if tokenizer is not None and tokenizer.eot_token_id is not None:
-        model.config.eot_token_id = tokenizer.eot_token_id
+def read_generation_defaults(folder: Path) -> dict[str, Any]:
+    """generation_config.json's set entries (none of transformers' bookkeeping keys); {} when
+    the folder has no such file."""
     generation_file = folder / "generation_config.json"
-    if generation_file.is_file():
-        raw = read_json(generation_file)
-        model.generation_defaults = {
-            key: value
-            for key, value in raw.items()
-            if value is not None and not key.startswith("_") and key != "transformers_version"
-        }
+    if not generation_file.is_file():
+        return {}
+    raw = read_json_object(generation_file, CheckpointError)
+    return {
+        key: value
+        for key, value in raw.items()
+        if value is not None and not key.startswith("_") and key != "transformers_version"
+    }
 
 
 def _names(names: list[str]) -> str:

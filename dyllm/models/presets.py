@@ -10,6 +10,22 @@ from dataclasses import replace
 
 from dyllm.models.config import ModelConfig
 
+_TINY_SHAPE = dict(
+    vocab_size=97,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=160,
+    rope_theta=10000.0,
+    max_position_embeddings=256,
+    mask_token_id=96,
+    eos_token_id=1,
+    pad_token_id=1,
+    bos_token_id=0,
+)
+"""What the tiny presets share; the Dream one adds grouped-query heads (and, from its family,
+q/k/v biases and the logit shift)."""
+
 PRESETS: dict[str, ModelConfig] = {
     "llada-8b": ModelConfig(
         family="llada",
@@ -47,38 +63,8 @@ PRESETS: dict[str, ModelConfig] = {
         eot_token_id=151645,
         torch_dtype="bfloat16",
     ),
-    "tiny-llada": ModelConfig(
-        family="llada",
-        vocab_size=97,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        intermediate_size=160,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=256,
-        mask_token_id=96,
-        eos_token_id=1,
-        pad_token_id=1,
-        bos_token_id=0,
-    ),
-    "tiny-dream": ModelConfig(
-        family="dream",
-        vocab_size=97,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=160,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=256,
-        mask_token_id=96,
-        eos_token_id=1,
-        pad_token_id=1,
-        bos_token_id=0,
-    ),
+    "tiny-llada": ModelConfig(family="llada", **_TINY_SHAPE, num_kv_heads=4, rms_norm_eps=1e-5),
+    "tiny-dream": ModelConfig(family="dream", **_TINY_SHAPE, num_kv_heads=2, rms_norm_eps=1e-6),
 }
 
 

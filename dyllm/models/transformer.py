@@ -1,4 +1,4 @@
-"""The bidirectional transformer shared by LLaDA and Dream.
+"""The bidirectional transformer shared by LLaDA and Dream, with its one forward.
 
 One pre-norm block, repeated: `h = x + o_proj(attention(attn_norm(x)))`, then
 `x = h + ffn(ffn_norm(h))`; embeddings unscaled, a final RMSNorm and an untied (or tied) head.
@@ -6,18 +6,51 @@ Family differences are config fields (q/k/v bias, grouped-query heads, RoPE prec
 shift Dream's sampler applies is *not* done here: `forward` returns logits exactly as both
 reference modeling files do, position i's logits from position i's hidden state.
 
-The block exposes its stages (`project_qkv`, `attend`, `feed_forward`) so the sparse step can run
-them on gathered rows without re-implementing them.
+Each block exposes its stages once (`attn_norm`, `project_queries`, `project_keys`,
+`project_values`, `attend`, `o_proj`, `feed_forward`, and `feed_forward_weights` for kernels that
+take the FFN's matrices): the forward below strings them together, and the saliency engine's
+sparse step (`dyllm.engine.sparse_step`) runs the same stages on gathered rows. The forward
+takes an optional `ActivationSink` that receives each layer's K (after RoPE), V, attention
+context and FFN output: that is how a dense step fills the engine's caches, with no second copy
+of the forward.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from dyllm.kernels.primitives import apply_rope, attention, rope_angles
+from dyllm.kernels.reference_gathered_ffn import FeedForwardWeights
 from dyllm.models.config import ModelConfig
-from dyllm.models.layers import RMSNorm, SwiGLU, apply_rope, attention, rope_angles
+from dyllm.models.layers import RMSNorm, SwiGLU
+from dyllm.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """What one layer computed for every row of a dense forward."""
+
+    key: torch.Tensor
+    """[B, KV, L, D] after RoPE."""
+    value: torch.Tensor
+    """[B, KV, L, D]."""
+    context: torch.Tensor
+    """[B, L, H * D]: attention output before o_proj."""
+    ffn_out: torch.Tensor
+    """[B, L, d]: FFN output before the residual add."""
+
+
+class ActivationSink(Protocol):
+    """Receives each layer's activations during `DiffusionTransformer.forward`."""
+
+    def record(self, layer: int, activations: LayerActivations) -> None: ...
 
 
 class DecoderLayer(nn.Module):
@@ -36,15 +69,30 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(d, config.rms_norm_eps)
         self.ffn = SwiGLU(d, config.intermediate_size)
 
+    def project_queries(
+        self, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """q [B, H, L, D], rotated, from normed rows [B, L, d] and their angles [B, L, D]."""
+        q = rearrange(self.q_proj(normed), "b l (h d) -> b h l d", d=self.config.head_dim)
+        return apply_rope(q, cos, sin, bool(self.config.rope_full_precision))
+
+    def project_keys(self, normed: torch.Tensor) -> torch.Tensor:
+        """Keys before RoPE, heads concatenated: [..., d] -> [..., KV * D]."""
+        return self.k_proj(normed)
+
+    def project_values(self, normed: torch.Tensor) -> torch.Tensor:
+        """Values, heads concatenated: [..., d] -> [..., KV * D]."""
+        return self.v_proj(normed)
+
     def project_qkv(
         self, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B, H, L, D], k and v [B, KV, L, D] from normed rows [B, L, d]; q and k rotated."""
-        q = rearrange(self.q_proj(normed), "b l (h d) -> b h l d", d=self.config.head_dim)
-        k = rearrange(self.k_proj(normed), "b l (h d) -> b h l d", d=self.config.head_dim)
-        v = rearrange(self.v_proj(normed), "b l (h d) -> b h l d", d=self.config.head_dim)
-        full = bool(self.config.rope_full_precision)
-        return apply_rope(q, cos, sin, full), apply_rope(k, cos, sin, full), v
+        q = self.project_queries(normed, cos, sin)
+        heads = "b l (h d) -> b h l d"
+        k = rearrange(self.project_keys(normed), heads, d=self.config.head_dim)
+        v = rearrange(self.project_values(normed), heads, d=self.config.head_dim)
+        return q, apply_rope(k, cos, sin, bool(self.config.rope_full_precision)), v
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
@@ -53,8 +101,18 @@ class DecoderLayer(nn.Module):
         return rearrange(attention(q, k, v, key_mask), "b h l d -> b l (h d)")
 
     def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
-        """FFN output (before the residual add) for rows h [B, L, d]."""
+        """FFN output (before the residual add) for rows h [..., d]."""
         return self.ffn(self.ffn_norm(h))
+
+    def feed_forward_weights(self) -> FeedForwardWeights:
+        """The FFN norm and SwiGLU matrices, as kernels that gather rows take them."""
+        return FeedForwardWeights(
+            norm_weight=self.ffn_norm.weight,
+            norm_eps=self.ffn_norm.eps,
+            gate=self.ffn.gate_proj.weight,
+            up=self.ffn.up_proj.weight,
+            down=self.ffn.down_proj.weight,
+        )
 
     def forward(
         self,
@@ -62,26 +120,41 @@ class DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
+        record: Callable[[LayerActivations], None] | None = None,
     ) -> torch.Tensor:
+        """The block over every row: x [B, L, d] -> [B, L, d]; `record` gets what it computed."""
         q, k, v = self.project_qkv(self.attn_norm(x), cos, sin)
-        h = x + self.o_proj(self.attend(q, k, v, key_mask))
-        return h + self.feed_forward(h)
+        context = self.attend(q, k, v, key_mask)
+        h = x + self.o_proj(context)
+        ffn_out = self.feed_forward(h)
+        if record is not None:
+            record(LayerActivations(k, v, context, ffn_out))
+        return h + ffn_out
 
 
 class DiffusionTransformer(nn.Module):
-    """A LLaDA- or Dream-layout masked diffusion LM: ids [B, L] -> logits [B, L, V]."""
+    """A LLaDA- or Dream-layout masked diffusion LM: ids [B, L] -> logits [B, L, V].
 
-    def __init__(self, config: ModelConfig) -> None:
+    tokenizer: the checkpoint's tokenizer, or None (generate from token ids then);
+    generation_defaults: its generation_config.json entries (empty when it ships none).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: Tokenizer | None = None,
+        generation_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.tokenizer = tokenizer
+        self.generation_defaults: Mapping[str, Any] = dict(generation_defaults or {})
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.tokenizer = None
-        self.generation_defaults: dict = {}
 
     @property
     def device(self) -> torch.device:
@@ -108,18 +181,24 @@ class DiffusionTransformer(nn.Module):
         """cos, sin [B, L, head_dim] (float32) for position ids [B, L]."""
         return rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head over final hidden states [..., d] -> logits [..., V]."""
+        return self.lm_head(self.final_norm(hidden))
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logit_range: tuple[int, int] | None = None,
+        sink: ActivationSink | None = None,
     ) -> torch.Tensor:
         """Logits [B, L, V] in the model dtype ([B, end - start, V] with `logit_range`).
 
         input_ids: [B, L]; attention_mask: [B, L] (nonzero/True = real token) masks padded keys;
         position_ids: [B, L], by default 0..L-1 (the reference's absolute positions);
-        logit_range: (start, end) to apply the LM head to those positions only.
+        logit_range: (start, end) to apply the LM head to those positions only;
+        sink: receives every layer's activations (the engine's cache fills itself this way).
         """
         batch, length = input_ids.shape
         if position_ids is None:
@@ -127,8 +206,9 @@ class DiffusionTransformer(nn.Module):
         key_mask = None if attention_mask is None else attention_mask.bool()
         cos, sin = self.rope(position_ids)
         x = self.embed(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, key_mask)
+        for index, layer in enumerate(self.layers):
+            record = None if sink is None else partial(sink.record, index)
+            x = layer(x, cos, sin, key_mask, record)
         if logit_range is not None:
             x = x[:, logit_range[0] : logit_range[1]]
-        return self.lm_head(self.final_norm(x))
+        return self.logits(x)

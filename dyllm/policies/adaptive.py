@@ -2,22 +2,20 @@
 
 Layers differ: in the reference models (and in the DyLLM paper's traces) deeper layers see more
 rows move, so one tau recomputes too much in some layers and too little in others. A per-layer
-tau (`taus`) or fraction of query rows (`budgets`) evens that out. `LayerAdaptive.calibrate` runs
-a short generation on the user's prompts with a top-k policy at the target fraction, records the
-context cosines every layer saw on its sparse steps, and sets each layer's tau to the quantile
-that would have selected the target fraction of that layer's query rows.
+tau (`taus`) or fraction of query rows (`budgets`) evens that out. `dyllm.engine.calibrate_taus`
+derives the taus from a short generation on the user's prompts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from dyllm.policies.base import AttentionMode, LayerSignals
-from dyllm.policies.schedule import DyLLMSchedule
-from dyllm.policies.topk import TopK, fraction_of, least_similar
+from dyllm.generation.step import StepContext
+from dyllm.policies.base import AttentionMode, AttentionSignals
+from dyllm.policies.query_schedule import DyLLMSchedule
+from dyllm.policies.topk import fraction_of, least_similar
 
 
 class LayerAdaptive(DyLLMSchedule):
@@ -48,77 +46,17 @@ class LayerAdaptive(DyLLMSchedule):
             kind = "taus" if self.taus is not None else "budgets"
             raise ValueError(f"{len(given)} {kind} given for a model of {num_layers} layers")
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         if self.taus is not None:
             return signals.queries & (signals.context_cosine < self.taus[layer])
         assert self.budgets is not None
-        fraction = self.budgets[layer]
-        return least_similar(
-            signals.context_cosine, signals.queries, lambda n: fraction_of(n, fraction)
-        )
+        k = fraction_of(signals.query_count, self.budgets[layer])
+        return least_similar(signals.context_cosine, signals.queries, k)
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int | None:
+        if self.budgets is None:
+            return None
+        return fraction_of(query_count, self.budgets[layer])
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "taus": self.taus, "budgets": self.budgets}
-
-    @classmethod
-    def calibrate(
-        cls,
-        model: torch.nn.Module,
-        prompts: Any,
-        target_fraction: float | Sequence[float],
-        warmup_steps: int = 4,
-        prompt_refresh_every: int = 4,
-        **generation_options: Any,
-    ) -> LayerAdaptive:
-        """Per-layer taus that recompute about `target_fraction` of query rows at each layer.
-
-        target_fraction: one fraction for every layer or one per layer. The calibration run
-        generates from `prompts` with `generation_options` (use the settings you will deploy).
-        """
-        from dyllm.engine import SaliencyDenoiser
-        from dyllm.generation import generate
-
-        layers = model.config.num_layers
-        targets = (
-            [float(target_fraction)] * layers
-            if isinstance(target_fraction, (int, float))
-            else [float(t) for t in target_fraction]
-        )
-        if len(targets) != layers or not all(0.0 < t < 1.0 for t in targets):
-            raise ValueError(f"target_fraction needs {layers} values in (0, 1), got {targets}")
-        recorder = _CosineRecorder(targets, warmup_steps, prompt_refresh_every)
-        generate(
-            model,
-            prompts,
-            denoiser_factory=lambda m, mask, positions: SaliencyDenoiser(
-                m, recorder, mask, positions
-            ),
-            **generation_options,
-        )
-        if not recorder.cosines[0]:
-            raise ValueError(
-                "the calibration run had no sparse step; give more steps than warmup_steps"
-            )
-        taus = []
-        for layer, target in enumerate(targets):
-            seen = torch.cat(recorder.cosines[layer])
-            taus.append(float(torch.quantile(seen.double(), target)))
-        return cls(taus=taus, warmup_steps=warmup_steps, prompt_refresh_every=prompt_refresh_every)
-
-
-class _CosineRecorder(TopK):
-    """Top-k at each layer's target fraction, keeping the query rows' context cosines."""
-
-    def __init__(self, targets: list[float], warmup_steps: int, prompt_refresh_every: int) -> None:
-        super().__init__(
-            k=targets[0], warmup_steps=warmup_steps, prompt_refresh_every=prompt_refresh_every
-        )
-        self.targets = targets
-        self.cosines: list[list[torch.Tensor]] = [[] for _ in targets]
-
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
-        self.cosines[layer].append(signals.context_cosine[signals.queries].float().cpu())
-        fraction = self.targets[layer]
-        return least_similar(
-            signals.context_cosine, signals.queries, lambda n: fraction_of(n, fraction)
-        )

@@ -12,8 +12,14 @@ A policy answers four questions; the engine asks them and does all the work:
 4. `attention`: how query rows that are not refreshed get their attention context: "approximate"
    (`C_old + softmax(q K^T / sqrt(d)) dV`, DyLLM) or "frozen" (the cached context as it was).
 
-Every row set is a boolean mask [B, L] over canvas positions. A policy sees signals (similarities,
-positions, masks, step indices), never modules or cache buffers, so it stays a few lines long.
+A policy may also say how many rows it can pick at most (`row_budget`), which lets the engine
+size its buffers without waiting for the device (see docs/architecture.md).
+
+Every row set is a boolean mask [rows, L] over canvas positions. The step is the sampler's own
+`StepContext`; a layer's signals arrive complete in `LayerSignals` (before attention) and
+`AttentionSignals` (after it). A policy sees signals, never modules or cache buffers, so it stays a
+few lines long, and it must not read tensors back to the host (no `.item()`, `bool(...)`): the
+engine keeps the whole layer loop on the device.
 """
 
 from __future__ import annotations
@@ -26,55 +32,9 @@ from typing import Literal
 
 import torch
 
+from dyllm.generation.step import StepContext
+
 AttentionMode = Literal["approximate", "frozen"]
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Where the denoising loop stands, as a policy sees it. Masks are bool [B, L]."""
-
-    step: int
-    """Global step index of this generate call (0-based)."""
-    block: int
-    step_in_block: int
-    first_step_in_block: bool
-    block_start: int
-    """First canvas column of the current block."""
-    block_end: int
-    prompt_length: int
-    """Columns of the (left-padded) prompt."""
-    response_start: int
-    """First column whose hidden state produces answer logits: prompt_length, or
-    prompt_length - 1 for models with Dream's one-position logit shift."""
-    length: int
-    logit_start: int
-    """First column whose logits the sampler reads this step (the block's first column, one
-    earlier with Dream's logit shift); queries must cover logit_start..logit_end-1."""
-    logit_end: int
-    masked: torch.Tensor
-    """Positions still masked in this step's input."""
-    newly_committed: torch.Tensor | None
-    """Positions the previous step unmasked (None at the first step)."""
-
-    def columns(self, start: int, end: int | None = None) -> torch.Tensor:
-        """A [B, L] mask selecting canvas columns start..end-1 (end None = to the end)."""
-        rows = torch.zeros_like(self.masked)
-        rows[:, start:end] = True
-        return rows
-
-    @property
-    def all_rows(self) -> torch.Tensor:
-        return torch.ones_like(self.masked)
-
-    @property
-    def logit_rows(self) -> torch.Tensor:
-        """Rows whose logits the sampler reads this step (the current block, shifted)."""
-        return self.columns(self.logit_start, self.logit_end)
-
-    @property
-    def response_rows(self) -> torch.Tensor:
-        """Rows whose logits the sampler reads: from `response_start` to the end."""
-        return self.columns(self.response_start)
 
 
 @dataclass(frozen=True)
@@ -94,39 +54,45 @@ class StepPlan:
         return cls(dense=True)
 
 
-@dataclass
-class LayerSignals:
-    """What a policy may look at for one layer of a sparse step.
-
-    Expensive signals are computed only when read: `context_cosine` after attention (DyLLM's
-    signal), `value_cosine` before attention (dLLM-Cache's signal, costs a V projection of every
-    query row). Rows outside `queries` carry +1 similarity (unchanged by definition).
-    """
+@dataclass(frozen=True)
+class LayerRows:
+    """The row sets of one layer of a sparse step, as a policy sees them."""
 
     layer: int
-    step: StepInfo
+    step: StepContext
     queries: torch.Tensor
-    """Bool [B, L]: this step's query rows."""
+    """Bool [rows, L]: this step's query rows."""
+    query_count: int
+    """Query rows per sequence (the same in every sequence)."""
     incoming: torch.Tensor
-    """Bool [B, L]: rows the previous layer selected (layer 0: the plan's `refresh`)."""
-    refreshed: torch.Tensor | None = None
-    """Bool [B, L]: rows refreshed at this layer (set after `rows_to_refresh`)."""
-    _context_cosine: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
-    _value_cosine: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    """Bool [rows, L]: rows the previous layer selected (layer 0: the plan's `refresh`)."""
 
-    @cached_property
-    def context_cosine(self) -> torch.Tensor:
-        """Float32 [B, L]: cosine(new context, cached context) over all heads."""
-        if self._context_cosine is None:
-            raise RuntimeError("context_cosine is only available after attention (in `select`)")
-        return self._context_cosine()
+
+@dataclass(frozen=True)
+class LayerSignals(LayerRows):
+    """What `rows_to_refresh` may look at, before attention.
+
+    `value_cosine` (dLLM-Cache's signal) is computed on first read: it costs a V projection of
+    every query row. Rows outside `queries` carry +1 similarity (unchanged by definition).
+    """
+
+    compute_value_cosine: Callable[[], torch.Tensor] = field(repr=False, compare=False)
 
     @cached_property
     def value_cosine(self) -> torch.Tensor:
-        """Float32 [B, L]: cosine(fresh V, cached V) per row over all kv heads."""
-        if self._value_cosine is None:
-            raise RuntimeError("value_cosine is only available before attention")
-        return self._value_cosine()
+        """Float32 [rows, L]: cosine(fresh V, cached V) per row over all kv heads."""
+        return self.compute_value_cosine()
+
+
+@dataclass(frozen=True)
+class AttentionSignals(LayerRows):
+    """What `select` may look at, after attention."""
+
+    refreshed: torch.Tensor
+    """Bool [rows, L]: rows refreshed at this layer (K/V recomputed, exact attention)."""
+    context_cosine: torch.Tensor
+    """Float32 [rows, L]: cosine(new context, cached context) over all heads, DyLLM's signal;
+    +1 outside the queries."""
 
 
 class SaliencyPolicy(ABC):
@@ -139,7 +105,7 @@ class SaliencyPolicy(ABC):
         """Called once per generate call before the first step."""
 
     @abstractmethod
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         """Dense or sparse, and for sparse steps the query and layer-0 refreshed rows."""
 
     def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
@@ -147,8 +113,19 @@ class SaliencyPolicy(ABC):
         return signals.incoming
 
     @abstractmethod
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
-        """Query rows that go through the FFN at this layer (bool [B, L])."""
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
+        """Query rows that go through the FFN at this layer (bool [rows, L])."""
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int | None:
+        """Most rows per sequence that `rows_to_refresh` or `select` returns at `layer` of this
+        sparse step, or None when the policy cannot know before the layer runs.
+
+        With a bound the engine sizes that layer's gathered work to it exactly. Without one it
+        guesses from the previous step and, should a layer select more, runs the step again
+        with room for every query row, so the answer never depends on the guess. Layer 0's
+        refresh set defaults to the plan's `refresh`, whose size the engine knows.
+        """
+        return None
 
     def describe(self) -> dict[str, object]:
         """Name and parameters, for statistics and results files."""

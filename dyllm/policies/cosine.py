@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from dyllm.policies.base import AttentionMode, LayerSignals
-from dyllm.policies.schedule import DyLLMSchedule
+from dyllm.policies.base import AttentionMode, AttentionSignals
+from dyllm.policies.query_schedule import DyLLMSchedule
 
 DEFAULT_TAU = {"llada": 0.99, "dream": 0.995}
 
@@ -38,7 +38,7 @@ class CosineThreshold(DyLLMSchedule):
         """DyLLM with the paper's tau for the model family (LLaDA 0.99, Dream 0.995)."""
         return cls(tau=DEFAULT_TAU[family], **options)  # type: ignore[arg-type]
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         return signals.queries & (signals.context_cosine < self.tau)
 
     def describe(self) -> dict[str, object]:

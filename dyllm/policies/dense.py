@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from dyllm.policies.base import LayerSignals, SaliencyPolicy, StepInfo, StepPlan
+from dyllm.generation.step import StepContext
+from dyllm.policies.base import AttentionSignals, LayerSignals, SaliencyPolicy, StepPlan
 
 
 class Dense(SaliencyPolicy):
@@ -14,10 +15,10 @@ class Dense(SaliencyPolicy):
 
     name = "dense"
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         return StepPlan.dense_step()
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         return signals.queries
 
 
@@ -30,11 +31,14 @@ class EveryRow(SaliencyPolicy):
 
     name = "every-row"
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         return StepPlan(dense=False, queries=step.all_rows, refresh=step.all_rows)
 
     def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
         return signals.queries
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         return signals.queries
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
+        return query_count

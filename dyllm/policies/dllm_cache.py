@@ -23,7 +23,7 @@ In the policy interface, with `step` the global step index of the generate call:
 The first step (step 0) falls on both clocks, so it is dense: it fills every cache, which the
 sparse steps then read. Rows that are not refreshed keep their cached context (`attention =
 "frozen"`) and FFN output; prompt rows outside prompt-refresh steps are not queries at all.
-"Response" means the rows whose hidden states produce answer logits (`StepInfo.response_rows`:
+"Response" means the rows whose hidden states produce answer logits (`StepContext.response_rows`:
 from the first generated column, one column earlier for Dream's logit shift); "prompt" is every
 column before them. The count of least-similar rows is ceil(transfer_ratio x response rows) per
 sequence (the authors' code rounds down; the two agree whenever the product is whole, e.g.
@@ -42,7 +42,8 @@ import math
 
 import torch
 
-from dyllm.policies.base import LayerSignals, SaliencyPolicy, StepInfo, StepPlan
+from dyllm.generation.step import StepContext
+from dyllm.policies.base import AttentionSignals, LayerSignals, SaliencyPolicy, StepPlan
 from dyllm.policies.topk import least_similar
 
 DEFAULT_PROMPT_INTERVAL = 100
@@ -91,7 +92,7 @@ class DLLMCache(SaliencyPolicy):
         """(prompt refreshed, response refreshed) at global step `step`."""
         return step % self.prompt_interval == 0, step % self.gen_interval == 0
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         prompt_refresh, response_refresh = self.refreshes(step.step)
         if prompt_refresh and response_refresh:
             return StepPlan.dense_step()
@@ -106,17 +107,24 @@ class DLLMCache(SaliencyPolicy):
         if response_refresh:  # not a prompt refresh too: that step was dense
             return signals.queries
         response = step.response_rows
-        refreshed = least_similar(
-            signals.value_cosine, response, lambda rows: transfer_rows(rows, self.transfer_ratio)
-        )
+        refreshed = least_similar(signals.value_cosine, response, self.updated_rows(step))
         if prompt_refresh:
             refreshed |= ~response
         return refreshed
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
-        if signals.refreshed is None:
-            raise RuntimeError("select ran before rows_to_refresh; the engine sets `refreshed`")
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         return signals.refreshed
+
+    def updated_rows(self, step: StepContext) -> int:
+        """Response rows per sequence updated at a layer between response refreshes."""
+        return transfer_rows(step.length - step.response_start, self.transfer_ratio)
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
+        prompt_refresh, response_refresh = self.refreshes(step.step)
+        if layer == 0 or response_refresh:
+            return query_count
+        prompt_rows = step.response_start if prompt_refresh else 0
+        return min(query_count, self.updated_rows(step) + prompt_rows)
 
     def describe(self) -> dict[str, object]:
         return {

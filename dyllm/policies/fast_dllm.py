@@ -14,7 +14,7 @@ exact attention) and selected (FFN) at every layer, and rows that are not querie
 block's first step left them. Nothing is approximated, so the `attention` mode never applies.
 
 Logit shift (Dream): the sampler reads the block's logits from the hidden states one column to the
-left, so the computed rows start one column before the block (`StepInfo.logit_start`). That
+left, so the computed rows start one column before the block (`StepContext.logit_start`). That
 column (the last of the prompt or of the previous block) is recomputed with the block; the
 block's own columns all stay computed, so tokens committed anywhere in the block are seen by
 every later step. (Fast-dLLM's Dream code computes only the block and reads the block's first
@@ -30,7 +30,8 @@ from abc import abstractmethod
 
 import torch
 
-from dyllm.policies.base import LayerSignals, SaliencyPolicy, StepInfo, StepPlan
+from dyllm.generation.step import StepContext
+from dyllm.policies.base import AttentionSignals, LayerSignals, SaliencyPolicy, StepPlan
 
 
 class BlockCache(SaliencyPolicy):
@@ -39,10 +40,10 @@ class BlockCache(SaliencyPolicy):
     attention = "frozen"
 
     @abstractmethod
-    def computed_rows(self, step: StepInfo) -> torch.Tensor:
+    def computed_rows(self, step: StepContext) -> torch.Tensor:
         """Bool [B, L]: the rows computed at the block's later steps."""
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         if step.first_step_in_block:
             return StepPlan.dense_step()
         rows = self.computed_rows(step)
@@ -51,8 +52,11 @@ class BlockCache(SaliencyPolicy):
     def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
         return signals.queries
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         return signals.queries
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
+        return query_count
 
 
 class PrefixCache(BlockCache):
@@ -60,7 +64,7 @@ class PrefixCache(BlockCache):
 
     name = "fast-prefix"
 
-    def computed_rows(self, step: StepInfo) -> torch.Tensor:
+    def computed_rows(self, step: StepContext) -> torch.Tensor:
         return step.columns(min(step.logit_start, step.block_start))
 
 
@@ -70,7 +74,7 @@ class DualCache(BlockCache):
 
     name = "fast-dual"
 
-    def computed_rows(self, step: StepInfo) -> torch.Tensor:
+    def computed_rows(self, step: StepContext) -> torch.Tensor:
         start = min(step.logit_start, step.block_start)
         end = max(step.logit_end, step.block_end)
         return step.columns(start, end)

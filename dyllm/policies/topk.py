@@ -8,12 +8,12 @@ makes the cost of a step predictable: the knob benchmarks sweep.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
-from dyllm.policies.base import AttentionMode, LayerSignals
-from dyllm.policies.schedule import DyLLMSchedule
+from dyllm.generation.step import StepContext
+from dyllm.policies.base import AttentionMode, AttentionSignals
+from dyllm.policies.query_schedule import DyLLMSchedule
 
 
 class TopK(DyLLMSchedule):
@@ -41,8 +41,13 @@ class TopK(DyLLMSchedule):
             return fraction_of(query_rows, self.k)
         return min(self.k, query_rows)
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
-        return least_similar(signals.context_cosine, signals.queries, self.budget)
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
+        return least_similar(
+            signals.context_cosine, signals.queries, self.budget(signals.query_count)
+        )
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
+        return self.budget(query_count)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "k": self.k}
@@ -53,15 +58,11 @@ def fraction_of(rows: int, fraction: float) -> int:
     return max(1, math.ceil(fraction * rows))
 
 
-def least_similar(
-    similarity: torch.Tensor, queries: torch.Tensor, budget: Callable[[int], int]
-) -> torch.Tensor:
-    """Bool [B, L]: per row of the batch, the `budget(n)` query positions of lowest similarity.
+def least_similar(similarity: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [B, L]: per row of the batch, the `k` query positions of lowest similarity.
 
-    similarity: float [B, L]; queries: bool [B, L] with the same count n in every row.
+    similarity: float [B, L]; queries: bool [B, L] with at least k positions in every row.
     """
-    query_count = int(queries[0].sum())
-    k = budget(query_count)
     ranked = similarity.masked_fill(~queries, float("inf"))
     chosen = ranked.topk(k, dim=-1, largest=False).indices
     selected = torch.zeros_like(queries)

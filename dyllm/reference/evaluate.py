@@ -22,16 +22,17 @@ from typing import Any
 import torch
 
 import dyllm
-from dyllm.generation import GenerationConfig, generate
+from dyllm.generation import GenerationConfig
 from dyllm.generation.config import LLADA_ONLY_DEFAULTS, resolve_config
+from dyllm.models import DiffusionTransformer
 from dyllm.reference.registry import resolve_model_path
 from dyllm.reference.scoring import SuiteScore, score_predictions
 from dyllm.reference.tasks import HELDOUT_SEED, TASK_NAMES, Problem, heldout_problems
 
 
-def default_gen_length(model: torch.nn.Module) -> int:
+def default_gen_length(model: DiffusionTransformer) -> int:
     """The answer length the checkpoint was trained for, from its generation_config.json."""
-    defaults = getattr(model, "generation_defaults", None) or {}
+    defaults = model.generation_defaults
     for key in ("gen_length", "max_new_tokens"):
         if isinstance(defaults.get(key), int):
             return defaults[key]
@@ -41,11 +42,11 @@ def default_gen_length(model: torch.nn.Module) -> int:
     )
 
 
-def sampler_settings(model: torch.nn.Module) -> dict[str, Any]:
+def sampler_settings(model: DiffusionTransformer) -> dict[str, Any]:
     """The fully resolved default sampler options `generate` will use for `model`."""
     requested = GenerationConfig(gen_length=default_gen_length(model))
-    defaults = getattr(model, "generation_defaults", None) or {}
-    resolved = resolve_config(requested, model.config.family, defaults).to_dict()
+    config = resolve_config(requested, model.config.family, model.generation_defaults)
+    resolved = config.to_dict()
     foreign = LLADA_ONLY_DEFAULTS if resolved["sampler"] == "dream" else {}
     return {
         key: value
@@ -55,7 +56,7 @@ def sampler_settings(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def generate_answers(
-    model: torch.nn.Module, problems: list[Problem], batch_size: int
+    model: DiffusionTransformer, problems: list[Problem], batch_size: int
 ) -> tuple[list[str], float]:
     """Answer texts for `problems` with the default sampler, and the seconds spent generating."""
     gen_length = default_gen_length(model)
@@ -63,7 +64,7 @@ def generate_answers(
     seconds = 0.0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        result = generate(model, [p.prompt for p in chunk], gen_length=gen_length)
+        result = dyllm.generate(model, [p.prompt for p in chunk], gen_length=gen_length)
         if result.texts is None:
             raise ValueError("the checkpoint has no tokenizer files; cannot decode answers")
         answers.extend(result.texts)
@@ -72,7 +73,7 @@ def generate_answers(
 
 
 def evaluate(
-    model: torch.nn.Module, problems: list[Problem], batch_size: int = 50
+    model: DiffusionTransformer, problems: list[Problem], batch_size: int = 50
 ) -> tuple[SuiteScore, float]:
     """Score `model` on `problems`; returns the scores and the generation seconds."""
     answers, seconds = generate_answers(model, problems, batch_size)

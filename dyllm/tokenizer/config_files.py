@@ -12,10 +12,11 @@ Every malformed file gets an error that names the file and what is wrong in it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dyllm.json_files import read_json_object
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
@@ -73,18 +74,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object stored in `path`, or {} when the file does not exist."""
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"{path} is not valid JSON ({error}); restore it from the original checkpoint."
-        ) from error
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"{path} should hold a JSON object, found {type(data).__name__}; "
-            "restore it from the original checkpoint."
-        )
-    return data
+    return read_json_object(path)
 
 
 def _token_content(value: Any, name: str, path: Path) -> str | None:

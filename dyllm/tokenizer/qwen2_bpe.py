@@ -17,12 +17,13 @@ Added/special tokens are not this module's business: `tokenizer.py` adds them wi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
+
+from dyllm.json_files import read_json
 
 QWEN2_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
@@ -55,12 +56,7 @@ def build_qwen2_bpe(vocab_path: str | Path, merges_path: str | Path) -> BackendT
 
 def read_vocab(path: Path) -> dict[str, int]:
     """`vocab.json`: one JSON object mapping each byte-level token string to its id."""
-    try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"{path} is not valid JSON ({error}); restore it from the original checkpoint."
-        ) from error
+    vocab = read_json(path)
     if not isinstance(vocab, dict) or not all(
         isinstance(token_id, int) and token_id >= 0 for token_id in vocab.values()
     ):

@@ -3,11 +3,12 @@
 For the rows a policy selected after attention, read by index from the query rows' residual
 stream, compute the layer's `down(silu(gate(n)) * up(n))` with `n = ffn_norm(h)` and write the
 results by index into the FFN-output cache; the other rows keep their cached output. Nothing is
-computed full-size and masked afterwards: N selected rows cost N rows of the three matmuls.
+computed full-size and masked afterwards: a capacity of C rows per sequence costs B x C rows of
+the three matmuls, however many of them are valid (see `row_sets`).
 
-The operations are those of `RMSNorm` and `SwiGLU` in `dyllm.models.layers`, op for op, so the
-eager path gives bit for bit what `DecoderLayer.feed_forward` gives on the gathered rows. Kernels
-know nothing of modules: the layer's weights arrive as `FeedForwardWeights`.
+The arithmetic is `dyllm.kernels.primitives.rms_norm` and `swiglu`, the model's own, so the
+eager path gives bit for bit what the layer's FFN gives on the gathered rows. Kernels know
+nothing of modules: the layer's weights arrive as `FeedForwardWeights`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dyllm.kernels.dispatch import register
+from dyllm.kernels.primitives import rms_norm, swiglu
 from dyllm.kernels.row_sets import FlatRows
 
 
@@ -44,14 +45,14 @@ def gathered_ffn_reference(
     weights: FeedForwardWeights,
     ffn_out: torch.Tensor,
 ) -> None:
-    """Write `FFN(hidden[rows])` into `ffn_out` at (rows.batch_index, positions), in place.
+    """Write `FFN(hidden[rows])` into `ffn_out` at (rows.batch_index, positions) for the valid
+    rows, in place.
 
-    hidden: [B, Q, d] the query rows' residual stream; rows: N rows of it (batch index, slot);
-    positions: long [N] each row's position in the cache; ffn_out: [B, L, d] the FFN-output cache.
+    hidden: [B, Q, d] the query rows' residual stream; rows: N rows of it (batch index, slot,
+    valid); positions: long [N] each row's position in the cache, distinct within a sequence;
+    ffn_out: [B, L, d] the FFN-output cache.
     """
-    selected = rows.gather(hidden)  # [N, d]
-    as_float = selected.float()
-    inverse_rms = torch.rsqrt(as_float.pow(2).mean(-1, keepdim=True) + weights.norm_eps)
-    normed = weights.norm_weight * (as_float * inverse_rms).to(selected.dtype)
-    activated = F.silu(F.linear(normed, weights.gate)) * F.linear(normed, weights.up)  # [N, F]
-    ffn_out[rows.batch_index, positions] = F.linear(activated, weights.down)
+    normed = rms_norm(rows.gather(hidden), weights.norm_weight, weights.norm_eps)  # [N, d]
+    fresh = swiglu(normed, weights.gate, weights.up, weights.down)
+    old = ffn_out[rows.batch_index, positions]
+    ffn_out[rows.batch_index, positions] = torch.where(rows.valid[:, None], fresh, old)

@@ -2,8 +2,8 @@
 
 Three rules, each returning a BoolTensor [B, L] of positions to commit:
 
-- `top_k_per_row`: the k most confident eligible positions of each row (the reference samplers,
-  k from the step schedule).
+- `commit_most_confident`: the k most confident eligible positions of each row (the reference
+  samplers, k from the transfer counts).
 - `threshold_selection` (Fast-dLLM parallel decoding): every eligible position with
   confidence >= threshold, and always the most confident one, so each step makes progress.
 - `factor_selection` (Fast-dLLM): sort a row's eligible confidences c_1 >= c_2 >= ...; commit the
@@ -22,7 +22,7 @@ import torch
 NEG_INF = float("-inf")
 
 
-def top_k_per_row(confidence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def commit_most_confident(confidence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """confidence [B, L] (-inf where not eligible), counts LongTensor [B] -> BoolTensor [B, L]."""
     transfer = torch.zeros_like(confidence, dtype=torch.bool)
     for row in range(confidence.shape[0]):

@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from dyllm.policies.base import AttentionMode, SaliencyPolicy, StepInfo, StepPlan
+from dyllm.generation.step import StepContext
+from dyllm.policies.base import AttentionMode, SaliencyPolicy, StepPlan
 
 
 class DyLLMSchedule(SaliencyPolicy):
@@ -35,7 +36,7 @@ class DyLLMSchedule(SaliencyPolicy):
         self.prompt_refresh_every = prompt_refresh_every
         self.attention = attention
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         if step.step < self.warmup_steps:
             return StepPlan.dense_step()
         sparse_index = step.step - self.warmup_steps

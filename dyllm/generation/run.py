@@ -1,52 +1,51 @@
-"""`generate`: prompts in, answers out, with the family's reference sampler.
+"""`run_sampler`: prompts in, answers out, with the family's reference sampler over a denoiser.
 
-Everything a user can get wrong is checked before the first tensor is built: option names and
-values (`config.py`, `validation.py`), then prompts (`prompts.py`). Then the prompts are laid on
-one canvas (`batching.py`), a denoiser is built for it (dense by default; the saliency engine
-passes its own factory), and the LLaDA or Dream sampler runs under `torch.no_grad`. One
-`torch.Generator` on the model's device, seeded with `seed`, feeds every random draw.
+This is the sampler half of `dyllm.generate` (which builds the denoiser from a policy and calls
+this). Everything a user can get wrong is checked before the first tensor is built: option names
+and values (`config.py`, `validation.py`), then prompts (`prompts.py`). Then the prompts are laid
+on one canvas (`batching.py`) and the LLaDA or Dream sampler runs under `torch.no_grad`, asking
+the given `Denoiser` for each step's logits. One `torch.Generator` on the model's device, seeded
+with `seed`, feeds every random draw.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from dyllm.generation.batching import build_prompt_batch
 from dyllm.generation.config import GenerationConfig, check_option_names, resolve_config
-from dyllm.generation.context import Denoiser, DenseDenoiser
+from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.dream import run_dream
 from dyllm.generation.llada import run_llada
-from dyllm.generation.loop import DenoisingLoop
+from dyllm.generation.loop import DenoisingLoop, StepObserver, synchronize
+from dyllm.generation.model import GenerativeModel
 from dyllm.generation.prompts import PromptInput, check_prompt_ids, encode_prompts
 from dyllm.generation.result import GenerationResult, GenerationStats, tokens_before_eos
 from dyllm.generation.validation import validate_config
 
-DenoiserFactory = Callable[[nn.Module, torch.Tensor | None, torch.Tensor | None], Denoiser]
-"""(model, attention_mask [B, L] | None, position_ids [B, L] | None) -> Denoiser."""
 
-
-def generate(
-    model: nn.Module,
+def run_sampler(
+    model: GenerativeModel,
     prompts: PromptInput,
+    denoiser: Denoiser,
     config: GenerationConfig | None = None,
     *,
     chat: bool = False,
-    denoiser_factory: DenoiserFactory | None = None,
+    on_step: StepObserver | None = None,
     **options: Any,
 ) -> GenerationResult:
-    """Generate `gen_length` tokens after each prompt.
+    """Generate `gen_length` tokens after each prompt, each step's logits from `denoiser`.
 
     prompts: a str, a list of str, a list of token ids, or a list of lists of token ids (a 1-D
         or 2-D integer tensor or array is read as the last two).
+    denoiser: a fresh `Denoiser` for this call (it may keep per-call caches and counts).
     config: base options; `options` (same names as `GenerationConfig` fields) override it.
     chat: wrap each text prompt as one user message with the tokenizer's chat template.
-    denoiser_factory: builds the step's logits function; default `DenseDenoiser`.
+    on_step: called after every step with a `StepReport` (canvas, committed positions, timing).
 
     Prompts of different lengths are left-padded and given a padding mask and position ids, so
     with greedy decoding each row gets the tokens it would get alone. (Dream's `origin` order
@@ -54,7 +53,7 @@ def generate(
     of a batch are not the draws of single-prompt runs.)
     """
     resolved = _resolve(model, config, options)
-    prompt_ids = encode_prompts(prompts, getattr(model, "tokenizer", None), chat)
+    prompt_ids = encode_prompts(prompts, model.tokenizer, chat)
     check_prompt_ids(prompt_ids, model.config, resolved.gen_length)
 
     device = _model_device(model)
@@ -65,8 +64,6 @@ def generate(
         model.config.mask_token_id,
         device,
     )
-    factory = denoiser_factory if denoiser_factory is not None else DenseDenoiser
-    denoiser = factory(model, batch.attention_mask, batch.position_ids)
     generator = torch.Generator(device=device)
     generator.manual_seed(resolved.seed)
     loop = DenoisingLoop(
@@ -78,14 +75,15 @@ def generate(
         stop_at_eos=resolved.stop_at_eos,
         progress=resolved.progress,
         planned_steps=None if resolved.adaptive else resolved.steps,
+        on_step=on_step,
     )
     sampler = run_llada if resolved.sampler == "llada" else run_dream
     try:
         with torch.no_grad():
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             sampler(loop, resolved)
-            _synchronize(device)
+            synchronize(device)
             wall_time = time.perf_counter() - start
     finally:
         loop.close()
@@ -93,7 +91,7 @@ def generate(
 
 
 def _resolve(
-    model: nn.Module, config: GenerationConfig | None, options: dict[str, Any]
+    model: GenerativeModel, config: GenerationConfig | None, options: dict[str, Any]
 ) -> GenerationConfig:
     if config is None:
         config = GenerationConfig()
@@ -104,14 +102,13 @@ def _resolve(
         )
     check_option_names(options)
     requested = dataclasses.replace(config, **options)
-    defaults = getattr(model, "generation_defaults", None) or {}
-    resolved = resolve_config(requested, model.config.family, defaults)
+    resolved = resolve_config(requested, model.config.family, model.generation_defaults)
     validate_config(resolved, model.config)
     return resolved
 
 
 def _result(
-    model: nn.Module,
+    model: GenerativeModel,
     generated: list[list[int]],
     denoiser: Denoiser,
     steps_run: int,
@@ -128,18 +125,13 @@ def _result(
         wall_time_s=wall_time,
         extra=dict(denoiser.extra_stats()),
     )
-    tokenizer = getattr(model, "tokenizer", None)
+    tokenizer = model.tokenizer
     texts = None
     if tokenizer is not None:
         texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
     return GenerationResult(token_ids=generated, texts=texts, stats=stats)
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _model_device(model: GenerativeModel) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -2,7 +2,7 @@
 
 import torch
 
-from dyllm.generation.schedules import (
+from dyllm.generation.transfer_counts import (
     dream_timesteps,
     dream_transfer_count,
     llada_transfer_counts,

@@ -22,16 +22,8 @@ import torch
 from einops import rearrange
 
 from dyllm.kernels.dispatch import register
+from dyllm.kernels.primitives import attention, row_cosine
 from dyllm.kernels.row_sets import PaddedRows
-from dyllm.models.layers import attention
-
-
-def row_cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of the last dimension, float32: [..., F] x [..., F] -> [...]."""
-    new, old = new.float(), old.float()
-    dot = (new * old).sum(-1)
-    norms = new.norm(dim=-1) * old.norm(dim=-1)
-    return dot / norms.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 @register("saliency_attention", "eager")
@@ -40,7 +32,7 @@ def saliency_attention_reference(
     key: torch.Tensor,
     value: torch.Tensor,
     context_old: torch.Tensor,
-    exact: torch.Tensor,
+    exact: PaddedRows,
     delta_columns: PaddedRows,
     delta_value: torch.Tensor,
     key_mask: torch.Tensor | None,
@@ -49,7 +41,7 @@ def saliency_attention_reference(
     """New contexts and their cosine to the old ones, for a sparse step's query rows.
 
     q: [B, H, Q, D] query rows after RoPE; key, value: [B, KV, L, D] updated caches;
-    context_old: [B, Q, H*D]; exact: bool [B, Q] rows to compute exactly;
+    context_old: [B, Q, H*D]; exact: the query rows to compute exactly (slots 0..Q-1, [B, E]);
     delta_columns: the refreshed key positions per sequence (index/valid [B, S]);
     delta_value: [B, KV, S, D] = V_new - V_old at those positions (zero where not valid);
     key_mask: bool [B, L] (True = real token) or None.
@@ -66,11 +58,10 @@ def saliency_attention_reference(
     else:
         context_new = context_old.float().clone()
 
-    exact_rows = PaddedRows.from_mask(exact)
-    if exact_rows.width:
-        exact_q = _gather_query_rows(q, exact_rows.index)  # [B, H, E, D]
+    if exact.width:
+        exact_q = _gather_query_rows(q, exact.index)  # [B, H, E, D]
         exact_context = attention(exact_q, key, value.float(), key_mask)
-        _scatter_rows(context_new, exact_rows, rearrange(exact_context, "b h e d -> b e (h d)"))
+        _write_valid_rows(context_new, exact, rearrange(exact_context, "b h e d -> b e (h d)"))
 
     cosine = row_cosine(context_new, context_old)
     return context_new.to(context_old.dtype), cosine
@@ -97,7 +88,9 @@ def _gather_query_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tenso
     return tensor.gather(2, expanded)
 
 
-def _scatter_rows(target: torch.Tensor, rows: PaddedRows, values: torch.Tensor) -> None:
-    """Write values [B, R, F] into target [B, Q, F] at rows.index where rows.valid."""
-    batch_index, slot = rows.valid.nonzero(as_tuple=True)
-    target[batch_index, rows.index[batch_index, slot]] = values[batch_index, slot]
+def _write_valid_rows(target: torch.Tensor, rows: PaddedRows, values: torch.Tensor) -> None:
+    """Write values [B, E, F] into target [B, Q, F] at rows.index where rows.valid (padding
+    entries are distinct rows of their sequence and get their own values back)."""
+    index = rows.index[:, :, None].expand(-1, -1, target.shape[2])
+    old = target.gather(1, index)
+    target.scatter_(1, index, torch.where(rows.valid[:, :, None], values, old))

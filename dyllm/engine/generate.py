@@ -1,0 +1,70 @@
+"""`generate`: the one public way to run a model's sampler, with or without a saliency policy.
+
+It builds the step's denoiser from `policy` (`make_denoiser`: the reference full forward for
+none or `Dense()`, the saliency engine for any other policy) and runs the family's sampler over
+it (`dyllm.generation.run_sampler`). The API, the command line, the benchmark, calibration and the
+tests all call this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dyllm.engine.denoiser import SaliencyDenoiser
+from dyllm.generation import (
+    Denoiser,
+    DenseDenoiser,
+    GenerationConfig,
+    GenerationResult,
+    StepObserver,
+    run_sampler,
+)
+from dyllm.generation.prompts import PromptInput
+from dyllm.models import DiffusionTransformer
+from dyllm.policies import Dense, SaliencyPolicy
+
+
+def make_denoiser(
+    model: DiffusionTransformer,
+    policy: SaliencyPolicy | None = None,
+    *,
+    trace: bool = False,
+    check_invariants: bool = False,
+) -> Denoiser:
+    """The denoiser `generate` runs for `policy` (a fresh one per call: it holds caches)."""
+    if policy is not None and not isinstance(policy, SaliencyPolicy):
+        raise ValueError(
+            f"policy must be a SaliencyPolicy (e.g. CosineThreshold(0.99)), got "
+            f"{type(policy).__name__}"
+        )
+    if policy is None or (isinstance(policy, Dense) and not trace):
+        return DenseDenoiser(model)
+    return SaliencyDenoiser(model, policy, trace=trace, check_invariants=check_invariants)
+
+
+def generate(
+    model: DiffusionTransformer,
+    prompts: PromptInput,
+    config: GenerationConfig | None = None,
+    *,
+    policy: SaliencyPolicy | None = None,
+    trace: bool = False,
+    check_invariants: bool = False,
+    chat: bool = False,
+    on_step: StepObserver | None = None,
+    **options: Any,
+) -> GenerationResult:
+    """Generate after each prompt with the family's reference sampler, stepping as `policy` says.
+
+    prompts: a str, a list of str, a list of token ids, or a list of lists of token ids.
+    config: base options; `options` (same names as `GenerationConfig` fields) override it.
+    policy: None or `Dense()` for full forwards; any `SaliencyPolicy` for the saliency engine.
+    trace: keep per-step, per-layer recompute fractions in `result.stats.extra["trace"]`.
+    check_invariants: assert the cache's written-row bookkeeping at every layer (slow on a GPU:
+        each check reads a flag back to the host; the tests turn it on).
+    chat: wrap each text prompt as one user message with the tokenizer's chat template.
+    on_step: called after every step with a `StepReport` (canvas, committed positions, whether
+        the step ran dense, the denoiser's wall time).
+    """
+    denoiser = make_denoiser(model, policy, trace=trace, check_invariants=check_invariants)
+    return run_sampler(model, prompts, denoiser, config, chat=chat, on_step=on_step, **options)
