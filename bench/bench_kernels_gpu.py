@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from dyllm.engine import SaliencyDenoiser
-from dyllm.generation.context import StepContext
+from dyllm.generation import StepContext
 from dyllm.models import DiffusionTransformer, ModelConfig, preset
-from dyllm.policies import LayerSignals, SaliencyPolicy, StepInfo, StepPlan
+from dyllm.policies import AttentionSignals, SaliencyPolicy, StepPlan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00)
@@ -57,7 +57,7 @@ class FixedFraction(SaliencyPolicy):
         self.generator = torch.Generator().manual_seed(seed)
         self.chosen: torch.Tensor | None = None
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         if step.step == 0:
             return StepPlan.dense_step()
         queries = step.response_rows
@@ -68,10 +68,14 @@ class FixedFraction(SaliencyPolicy):
         rows = picks.topk(count, dim=1).indices + step.response_start
         chosen.scatter_(1, rows, True)
         self.chosen = chosen.to(queries.device)
+        self.count = count
         return StepPlan(dense=False, queries=queries, refresh=self.chosen)
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         return self.chosen
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
+        return self.count
 
 
 @dataclass(frozen=True)
@@ -168,10 +172,17 @@ def build_model(config: ModelConfig, device: torch.device, dtype: torch.dtype):
     return model.eval().requires_grad_(False)
 
 
-def step_context(step: int, work: Workload) -> StepContext:
+def step_context(step: int, work: Workload, canvas: torch.Tensor, config) -> StepContext:
     """Step `step` of the first block (logits for the block's rows)."""
-    start, end = work.prompt, work.prompt + work.block
-    return StepContext(step, 0, step, start, end, work.prompt, None, step == 0, start, end)
+    return StepContext.on_canvas(
+        canvas,
+        step=step,
+        block_start=work.prompt,
+        block_end=work.prompt + work.block,
+        prompt_length=work.prompt,
+        mask_token_id=config.mask_token_id,
+        logit_shift=config.logit_shift,
+    )
 
 
 def measure(model, work: Workload, backends: list[str], limits, args) -> list[dict]:
@@ -183,7 +194,7 @@ def measure(model, work: Workload, backends: list[str], limits, args) -> list[di
     masks = torch.full((work.batch, work.gen), config.mask_token_id)
     canvas = torch.cat([prompt, masks], dim=1).to(device)
     policy = FixedFraction(1.0)
-    denoiser = SaliencyDenoiser(model, policy, None, None, check_invariants=False)
+    denoiser = SaliencyDenoiser(model, policy)
     bandwidth, matmul_peak = limits
 
     def record(kind: str, backend: str, fraction: float, seconds: float, queries: int) -> dict:
@@ -204,12 +215,12 @@ def measure(model, work: Workload, backends: list[str], limits, args) -> list[di
         }
 
     with torch.no_grad():
-        dense_step = step_context(0, work)
+        dense_step = step_context(0, work, canvas, config)
         seconds = median_seconds(
             lambda: denoiser(canvas, dense_step), device, args.warmup, args.repeats
         )
         rows = [record("dense", "-", 1.0, seconds, work.rows)]
-        sparse_step = step_context(1, work)
+        sparse_step = step_context(1, work, canvas, config)
         for backend in backends:
             os.environ["DYLLM_KERNELS"] = backend
             for fraction in FRACTIONS:

@@ -34,35 +34,14 @@ from pathlib import Path
 
 import torch
 
+import dyllm
+from dyllm.bench.timing import StepTimes
 from dyllm.engine import SaliencyDenoiser
-from dyllm.generation import generate
-from dyllm.generation.context import Denoiser, DenseDenoiser, StepContext
+from dyllm.generation import DenseDenoiser, StepContext
 from dyllm.models import DiffusionTransformer, ModelConfig
 from dyllm.policies import CosineThreshold, SaliencyPolicy, TopK
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class TimedDenoiser(Denoiser):
-    """Wraps a denoiser; records each step's wall time and whether it ran dense."""
-
-    def __init__(self, inner: Denoiser) -> None:
-        super().__init__()
-        self.inner = inner
-        self.step_times: list[tuple[bool, float]] = []
-
-    def __call__(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        dense_before = getattr(getattr(self.inner, "statistics", None), "dense_steps", None)
-        start = time.perf_counter()
-        logits = self.inner(x, ctx)
-        elapsed = time.perf_counter() - start
-        dense = dense_before is None or self.inner.statistics.dense_steps > dense_before
-        self.step_times.append((dense, elapsed))
-        self.nfe = self.inner.nfe
-        return logits
-
-    def extra_stats(self):
-        return self.inner.extra_stats()
 
 
 def step_flops(config: ModelConfig, rows: int, queries: int, counts, window: int) -> float:
@@ -92,29 +71,16 @@ def step_flops(config: ModelConfig, rows: int, queries: int, counts, window: int
 
 
 def run_policy(model, prompt, policy: SaliencyPolicy | None, options: dict) -> dict:
-    timers: list[TimedDenoiser] = []
-
-    def factory(m, mask, positions):
-        inner = (
-            DenseDenoiser(m, mask, positions)
-            if policy is None
-            else SaliencyDenoiser(m, policy, mask, positions, trace=True, check_invariants=False)
-        )
-        timers.append(TimedDenoiser(inner))
-        return timers[-1]
-
-    result = generate(model, prompt, denoiser_factory=factory, **options)
-    timer = timers[0]
-    dense_times = [t for dense, t in timer.step_times if dense]
-    sparse_times = [t for dense, t in timer.step_times if not dense]
+    times = StepTimes()
+    result = dyllm.generate(model, prompt, policy=policy, trace=True, on_step=times, **options)
     extra = result.stats.extra
     return {
         "policy": "dense" if policy is None else policy.describe(),
         "tokens_per_second": result.stats.tokens_per_second,
         "wall_time_s": result.stats.wall_time_s,
         "nfe": result.stats.nfe,
-        "median_dense_step_s": statistics.median(dense_times) if dense_times else None,
-        "median_sparse_step_s": statistics.median(sparse_times) if sparse_times else None,
+        "median_dense_step_s": times.median_step_s(dense=True),
+        "median_sparse_step_s": times.median_step_s(dense=False),
         "computed_token_ratio": extra.get("computed_token_ratio", 1.0),
         "ffn_fraction_per_layer": extra.get("ffn_fraction_per_layer"),
         "attention_fraction_per_layer": extra.get("attention_fraction_per_layer"),
@@ -132,23 +98,19 @@ def interleaved_steps(model, args, fraction: float, repeats: int, batch: int) ->
     start = args.prompt
 
     def context(step: int, committed: torch.Tensor | None) -> StepContext:
-        return StepContext(
-            step,
-            0,
-            step,
-            start,
-            start + args.block,
-            start,
-            committed,
-            step == 0,
-            start,
-            start + args.block,
+        return StepContext.on_canvas(
+            x,
+            step=step,
+            block_start=start,
+            block_end=start + args.block,
+            prompt_length=start,
+            mask_token_id=config.mask_token_id,
+            logit_shift=config.logit_shift,
+            newly_committed=committed,
         )
 
-    dense = DenseDenoiser(model, None, None)
-    sparse = SaliencyDenoiser(
-        model, TopK(fraction, warmup_steps=1), None, None, trace=True, check_invariants=False
-    )
+    dense = DenseDenoiser(model)
+    sparse = SaliencyDenoiser(model, TopK(fraction, warmup_steps=1), trace=True)
     times: dict[str, list[float]] = {"dense": [], "sparse_response": [], "sparse_whole": []}
     with torch.no_grad():
         sparse(x, context(0, None))  # the dense step that fills the cache

@@ -19,11 +19,8 @@ from __future__ import annotations
 import torch
 
 from dyllm.engine import SaliencyDenoiser
-from dyllm.generation.context import DenseDenoiser, StepContext
-from dyllm.kernels import FeedForwardWeights, FlatRows, PaddedRows, row_cosine
-from dyllm.kernels.reference_gathered_ffn import gathered_ffn_reference
-from dyllm.kernels.reference_kv_update import kv_update_reference
-from dyllm.kernels.reference_saliency_attention import saliency_attention_reference
+from dyllm.generation import DenseDenoiser, StepContext
+from dyllm.kernels import PaddedRows, gathered_ffn, kv_update, row_cosine, saliency_attention
 from dyllm.models import DiffusionTransformer
 from dyllm.policies import TopK
 
@@ -34,6 +31,11 @@ RECOMPUTED_FRACTION = 0.25
 def _hidden(shape, rows: int | None = None) -> torch.Tensor:
     generator = torch.Generator().manual_seed(2)
     return torch.randn(shape.batch, rows or shape.length, shape.hidden, generator=generator)
+
+
+def _padded(mask: torch.Tensor) -> PaddedRows:
+    """The rows of `mask` at a capacity of exactly its largest count (as a policy's budget)."""
+    return PaddedRows.from_mask(mask, int(mask.sum(dim=1).max()))
 
 
 def _positions(shape) -> torch.Tensor:
@@ -55,22 +57,10 @@ def test_attention_dense(benchmark, model, shape) -> None:
 def test_attention_sparse(benchmark, model, shape, salient_mask) -> None:
     benchmark.group = f"{shape.name} attention"
     (q, k, v), _, _ = _qkv(model, shape)
-    refreshed = salient_mask(shape)
-    columns = PaddedRows.from_mask(refreshed)
+    columns = _padded(salient_mask(shape))  # every row is a query: slots are positions
     delta = torch.randn(shape.batch, k.shape[1], columns.width, k.shape[-1]) * 0.01
     context_old = model.layers[0].attend(q, k, v, None)
-    benchmark(saliency_attention_reference, q, k, v, context_old, refreshed, columns, delta, None)
-
-
-def _ffn_weights(model: DiffusionTransformer) -> FeedForwardWeights:
-    layer = model.layers[0]
-    return FeedForwardWeights(
-        layer.ffn_norm.weight,
-        layer.ffn_norm.eps,
-        layer.ffn.gate_proj.weight,
-        layer.ffn.up_proj.weight,
-        layer.ffn.down_proj.weight,
-    )
+    benchmark(saliency_attention, q, k, v, context_old, columns, columns, delta, None)
 
 
 def test_ffn_dense(benchmark, model, shape) -> None:
@@ -80,16 +70,10 @@ def test_ffn_dense(benchmark, model, shape) -> None:
 
 def test_ffn_sparse(benchmark, model, shape, salient_mask) -> None:
     benchmark.group = f"{shape.name} ffn"
-    selected = FlatRows.from_mask(salient_mask(shape))
+    selected = _padded(salient_mask(shape)).flat()
     ffn_out = torch.zeros(shape.batch, shape.length, shape.hidden)
-    benchmark(
-        gathered_ffn_reference,
-        _hidden(shape),
-        selected,
-        selected.position,
-        _ffn_weights(model),
-        ffn_out,
-    )
+    weights = model.layers[0].feed_forward_weights()
+    benchmark(gathered_ffn, _hidden(shape), selected, selected.position, weights, ffn_out)
 
 
 def test_key_value_dense(benchmark, model, shape) -> None:
@@ -105,15 +89,15 @@ def test_key_value_sparse(benchmark, model, shape, salient_mask) -> None:
     layer = model.layers[0]
     (_, key_cache, value_cache), cos, sin = _qkv(model, shape)
     normed = layer.attn_norm(_hidden(shape))
-    rows = FlatRows.from_mask(salient_mask(shape))
+    rows = _padded(salient_mask(shape)).flat()
     config = model.config
 
     def refresh() -> torch.Tensor:
         gathered = rows.gather(normed)
         queries = layer.q_proj(normed)  # q is projected for every query row
-        update = kv_update_reference(
-            layer.k_proj(gathered),
-            layer.v_proj(gathered),
+        update = kv_update(
+            layer.project_keys(gathered),
+            layer.project_values(gathered),
             rows.gather(cos),
             rows.gather(sin),
             rows,
@@ -133,30 +117,29 @@ def test_selection_sparse(benchmark, shape) -> None:
     new = old + 0.05 * torch.randn(old.shape, generator=generator)
     queries = torch.zeros(shape.batch, shape.length, dtype=torch.bool)
     queries[:, shape.prompt :] = True
-    query_index = PaddedRows.from_mask(queries).index
+    query_index = _padded(queries).index
+    capacity = shape.answer
 
-    def select() -> tuple[FlatRows, PaddedRows]:
+    def select() -> PaddedRows:
         cosine = row_cosine(new, old)
         full = torch.ones(queries.shape).scatter(1, query_index, cosine)
         selected = queries & (full < 0.999)
-        return FlatRows.from_mask(selected.gather(1, query_index)), PaddedRows.from_mask(selected)
+        return PaddedRows.from_mask(selected.gather(1, query_index), capacity)
 
     benchmark(select)
 
 
-def _step_context(shape, step: int, salient_mask) -> StepContext:
+def _step_context(shape, step: int, salient_mask, canvas, model) -> StepContext:
     committed = None if step == 0 else salient_mask(shape, 1 / shape.answer)
-    return StepContext(
+    return StepContext.on_canvas(
+        canvas,
         step=step,
-        block=0,
-        step_in_block=step,
         block_start=shape.prompt,
         block_end=shape.length,
         prompt_length=shape.prompt,
+        mask_token_id=model.config.mask_token_id,
+        logit_shift=model.config.logit_shift,
         newly_committed=committed,
-        first_step_in_block=step == 0,
-        logit_start=shape.prompt,
-        logit_end=shape.length,
     )
 
 
@@ -169,16 +152,17 @@ def _canvas(shape, model: DiffusionTransformer) -> torch.Tensor:
 
 def test_step_dense(benchmark, model, shape, salient_mask) -> None:
     benchmark.group = f"{shape.name} whole step"
-    denoiser = DenseDenoiser(model, None, None)
-    benchmark(denoiser, _canvas(shape, model), _step_context(shape, 5, salient_mask))
+    denoiser = DenseDenoiser(model)
+    canvas = _canvas(shape, model)
+    benchmark(denoiser, canvas, _step_context(shape, 5, salient_mask, canvas, model))
 
 
 def test_step_sparse(benchmark, model, shape, salient_mask) -> None:
     benchmark.group = f"{shape.name} whole step"
     policy = TopK(RECOMPUTED_FRACTION, warmup_steps=1, prompt_refresh_every=10**6)
-    denoiser = SaliencyDenoiser(model, policy, None, None, check_invariants=False)
+    denoiser = SaliencyDenoiser(model, policy)
     canvas = _canvas(shape, model)
-    denoiser(canvas, _step_context(shape, 0, salient_mask))  # dense: fills the caches
     with torch.no_grad():
-        benchmark(denoiser, canvas, _step_context(shape, 5, salient_mask))
+        denoiser(canvas, _step_context(shape, 0, salient_mask, canvas, model))  # fills the caches
+        benchmark(denoiser, canvas, _step_context(shape, 5, salient_mask, canvas, model))
     assert denoiser.statistics.sparse_steps > 0

@@ -178,13 +178,15 @@ class SparseStep:
         undo = _Undo()
         self._undo.append(undo)
         normed = layer.attn_norm(h)
+        rows = {
+            "layer": index,
+            "step": self.step,
+            "queries": queries.mask,
+            "query_count": queries.count,
+            "incoming": self.incoming,
+        }
         signals = LayerSignals(
-            layer=index,
-            step=self.step,
-            queries=queries.mask,
-            query_count=queries.count,
-            incoming=self.incoming,
-            compute_value_cosine=partial(self._value_cosine, layer, index, normed),
+            **rows, compute_value_cosine=partial(self._value_cosine, layer, index, normed)
         )
         refresh = self._rows(self.policy.rows_to_refresh(index, signals), "rows_to_refresh")
         refresh = refresh & queries.mask
@@ -237,13 +239,7 @@ class SparseStep:
 
         # 3. selection from the context cosine; the context cache becomes C_new
         after = AttentionSignals(
-            layer=index,
-            step=self.step,
-            queries=queries.mask,
-            query_count=queries.count,
-            incoming=self.incoming,
-            refreshed=refresh,
-            context_cosine=queries.scatter(cosine, 1.0),
+            **rows, refreshed=refresh, context_cosine=queries.scatter(cosine, 1.0)
         )
         selected = self._rows(self.policy.select(index, after), "select") & queries.mask
         queries.write(buffers.context, context_new)  # context_old may be a view of these rows

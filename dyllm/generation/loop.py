@@ -65,8 +65,7 @@ class DenoisingLoop:
         self.done = False
         self._newly_committed: torch.Tensor | None = None
         self._on_step = on_step
-        self._last_context: StepContext | None = None
-        self._last_seconds = 0.0
+        self._last_step: tuple[StepContext, torch.Tensor, float] | None = None
         self._progress = tqdm(
             total=planned_steps, disable=not progress, desc="denoising", unit="step"
         )
@@ -121,20 +120,16 @@ class DenoisingLoop:
         canvas = torch.cat([self.x, unconditional], dim=0) if guidance else self.x
         newly_committed = _stacked(self._newly_committed, copies)
         start, end = self.block_bounds(block)
-        shift = 1 if self.logit_shift else 0
-        context = StepContext(
+        context = StepContext.on_canvas(
+            canvas,
             step=self.steps_run,
             block=block,
             step_in_block=step_in_block,
-            first_step_in_block=step_in_block == 0,
             block_start=start,
             block_end=end,
             prompt_length=self.prompt_length,
-            response_start=max(self.prompt_length - shift, 0),
-            length=canvas.shape[1],
-            logit_start=start - shift,
-            logit_end=end - shift,
-            masked=canvas == self.mask_token_id,
+            mask_token_id=self.mask_token_id,
+            logit_shift=self.logit_shift,
             newly_committed=newly_committed,
             attention_mask=_stacked(self.attention_mask, copies),
             position_ids=_stacked(self.position_ids, copies),
@@ -147,8 +142,7 @@ class DenoisingLoop:
             began = time.perf_counter()
             logits = self.denoiser(canvas, context)
             synchronize(canvas.device)
-            self._last_seconds = time.perf_counter() - began
-        self._last_context = context
+            self._last_step = (context, logits, time.perf_counter() - began)
         expected = (canvas.shape[0], end - start)
         if logits.dim() != 3 or tuple(logits.shape[:2]) != expected:
             raise ValueError(
@@ -164,13 +158,15 @@ class DenoisingLoop:
         self._newly_committed = transfer
         self.steps_run += 1
         self._progress.update(1)
-        if self._on_step is not None and self._last_context is not None:
+        if self._on_step is not None and self._last_step is not None:
+            context, logits, seconds = self._last_step
             report = StepReport(
-                context=self._last_context,
+                context=context,
                 committed=transfer,
                 canvas=self.x.clone(),
+                logits=logits,
                 dense=self.denoiser.last_step_dense,
-                denoiser_seconds=self._last_seconds,
+                denoiser_seconds=seconds,
             )
             self._on_step(report)
         if self.stop_at_eos and self._every_row_final():

@@ -54,6 +54,47 @@ class StepContext:
     classifier_free_guidance: bool = False
     """True when the input stacks [conditional; unconditional] canvases (2B rows)."""
 
+    @classmethod
+    def on_canvas(
+        cls,
+        canvas: torch.Tensor,
+        *,
+        step: int,
+        block_start: int,
+        block_end: int,
+        prompt_length: int,
+        mask_token_id: int,
+        logit_shift: bool,
+        newly_committed: torch.Tensor | None = None,
+        block: int = 0,
+        step_in_block: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        classifier_free_guidance: bool = False,
+    ) -> StepContext:
+        """The context of a step on `canvas` [rows, L], the derived columns filled in: the
+        logit window and the response start move one column left with a logit shift.
+        `step_in_block` defaults to `step`."""
+        shift = 1 if logit_shift else 0
+        return cls(
+            step=step,
+            block=block,
+            step_in_block=step if step_in_block is None else step_in_block,
+            first_step_in_block=(step if step_in_block is None else step_in_block) == 0,
+            block_start=block_start,
+            block_end=block_end,
+            prompt_length=prompt_length,
+            response_start=max(prompt_length - shift, 0),
+            length=canvas.shape[1],
+            logit_start=block_start - shift,
+            logit_end=block_end - shift,
+            masked=canvas == mask_token_id,
+            newly_committed=newly_committed,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            classifier_free_guidance=classifier_free_guidance,
+        )
+
     def columns(self, start: int, end: int | None = None) -> torch.Tensor:
         """Bool [rows, L] selecting canvas columns start..end-1 (end None = to the end)."""
         rows = torch.zeros_like(self.masked)
@@ -84,6 +125,9 @@ class StepReport:
     """Bool [B, L]: positions this step unmasked (conditional rows only under CFG)."""
     canvas: torch.Tensor
     """Long [B, L]: the canvas after the commit (a snapshot; safe to keep)."""
+    logits: torch.Tensor
+    """[rows, W, V]: what the denoiser returned for the step's logit window (before the
+    sampler's shift and guidance)."""
     dense: bool
     """Whether the denoiser ran this step as a full forward."""
     denoiser_seconds: float

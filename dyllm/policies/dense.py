@@ -1,4 +1,5 @@
-"""`Dense`: every row at every step, the reference samplers' cost (no cache at all), and
+"""`Dense`: every row at every step, the reference samplers' cost (no cache at all);
+`RecomputeQueries`: whatever rows a policy plans as queries are recomputed in full; and
 `EveryRow`: the sparse machinery with every row refreshed and selected, the engine's contract
 (it must reproduce the dense forward)."""
 
@@ -22,7 +23,22 @@ class Dense(SaliencyPolicy):
         return signals.queries
 
 
-class EveryRow(SaliencyPolicy):
+class RecomputeQueries(SaliencyPolicy):
+    """Base of policies whose query rows are all recomputed exactly at every layer (K/V, exact
+    attention, FFN): only `plan` decides which rows those are. Fast-dLLM's caches are of this
+    kind, and so is `EveryRow`."""
+
+    def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+        return signals.queries
+
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
+        return signals.queries
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
+        return query_count
+
+
+class EveryRow(RecomputeQueries):
     """Sparse steps in which every row is a query, refreshed and selected at every layer.
 
     It exercises the whole sparse path (gathers, cache writes, exact attention rows, scatter)
@@ -33,12 +49,3 @@ class EveryRow(SaliencyPolicy):
 
     def plan(self, step: StepContext) -> StepPlan:
         return StepPlan(dense=False, queries=step.all_rows, refresh=step.all_rows)
-
-    def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
-        return signals.queries
-
-    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
-        return signals.queries
-
-    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
-        return query_count

@@ -31,10 +31,11 @@ from abc import abstractmethod
 import torch
 
 from dyllm.generation.step import StepContext
-from dyllm.policies.base import AttentionSignals, LayerSignals, SaliencyPolicy, StepPlan
+from dyllm.policies.base import StepPlan
+from dyllm.policies.dense import RecomputeQueries
 
 
-class BlockCache(SaliencyPolicy):
+class BlockCache(RecomputeQueries):
     """Dense at each block's first step; otherwise `computed_rows` in full, the rest frozen."""
 
     attention = "frozen"
@@ -48,15 +49,6 @@ class BlockCache(SaliencyPolicy):
             return StepPlan.dense_step()
         rows = self.computed_rows(step)
         return StepPlan(dense=False, queries=rows, refresh=rows)
-
-    def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
-        return signals.queries
-
-    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
-        return signals.queries
-
-    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
-        return query_count
 
 
 class PrefixCache(BlockCache):

@@ -1,0 +1,129 @@
+"""The sparse step reads nothing back to the host inside its layer loop.
+
+On a GPU every read-back (`.item()`, `bool(t)`, `int(t)`, `.tolist()`, `nonzero`, a boolean-mask
+index) waits for the launch queue to drain. `SyncCounter`, a `TorchFunctionMode`, records each
+such call; the tests count them inside `SparseStep.run` (the layer loop: none allowed) and over
+whole generations of tiny models with 2 and with 6 layers (the count must not grow with depth).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import dyllm
+from dyllm.engine.sparse_step import SparseStep
+from dyllm.policies import CosineThreshold, DLLMCache, DualCache, EveryRow, TopK
+from tests.checkpoints import tiny_model
+
+READ_BACKS = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+    torch.Tensor.__float__,
+    torch.Tensor.__index__,
+    torch.Tensor.nonzero,
+    torch.nonzero,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+    torch.masked_select,
+    torch.Tensor.masked_select,
+}
+INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts calls that copy a tensor's value to the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in READ_BACKS:
+            self.calls[func.__name__] += 1
+        elif func in INDEXING and _has_bool_index(args[1] if len(args) > 1 else None):
+            self.calls[f"{func.__name__}[bool]"] += 1
+        return func(*args, **kwargs)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+
+def _has_bool_index(index: object) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+PROMPTS = [[5, 17, 33, 8], [9, 4, 61, 2, 70, 12]]
+OPTIONS = {"gen_length": 16, "steps": 16, "block_length": 8}
+
+
+def _policies():
+    return [
+        CosineThreshold(0.99, warmup_steps=2),
+        TopK(0.25, warmup_steps=2),
+        DualCache(),
+        DLLMCache(prompt_interval=5, gen_interval=3),
+        EveryRow(),
+    ]
+
+
+def test_the_counter_sees_read_backs():
+    x = torch.arange(6.0)
+    with SyncCounter() as counter:
+        int(x.sum())
+        bool((x > 2).any())
+        x[x > 2] = 0.0
+        x.tolist()
+        torch.sort(x)  # stays on the device
+    assert counter.calls == {"__int__": 1, "__bool__": 1, "__setitem__[bool]": 1, "tolist": 1}
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("policy", _policies(), ids=lambda p: p.name)
+def test_no_read_back_inside_the_layer_loop(family, policy, monkeypatch):
+    counts: list[Counter[str]] = []
+    original = SparseStep.run
+
+    def counted_run(self, *args, **kwargs):
+        with SyncCounter() as counter:
+            logits = original(self, *args, **kwargs)
+        counts.append(counter.calls)
+        return logits
+
+    monkeypatch.setattr(SparseStep, "run", counted_run)
+    model = tiny_model(family, num_layers=6, never_predicts_mask=True)
+    dyllm.generate(model, PROMPTS, policy=policy, **OPTIONS)
+    assert counts, "the policy ran no sparse step"
+    assert all(not calls for calls in counts), [dict(c) for c in counts if c]
+
+
+def _syncs_per_generation(num_layers: int, policy, family: str) -> tuple[int, int]:
+    model = tiny_model(family, num_layers=num_layers, never_predicts_mask=True)
+    with SyncCounter() as counter:
+        result = dyllm.generate(model, PROMPTS, policy=policy, **OPTIONS)
+    return counter.total, result.stats.extra["capacity_retries"]
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("policy_name", ["topk", "fast-dual", "dllm-cache", "dyllm"])
+def test_syncs_do_not_grow_with_the_layers(family, policy_name):
+    build = {
+        "topk": lambda: TopK(0.25, warmup_steps=2),
+        "fast-dual": DualCache,
+        "dllm-cache": lambda: DLLMCache(prompt_interval=5, gen_interval=3),
+        "dyllm": lambda: CosineThreshold(0.99, warmup_steps=2),
+    }[policy_name]
+    shallow, shallow_retries = _syncs_per_generation(2, build(), family)
+    deep, deep_retries = _syncs_per_generation(6, build(), family)
+    if shallow_retries == deep_retries:
+        assert deep == shallow
+    else:  # a step run again reads its outcome back once more, whatever the depth
+        assert deep - shallow == deep_retries - shallow_retries
