@@ -7,7 +7,8 @@
 - `ScriptedLM`: logits read from a table by position id (and by the row's first real token), so
   tests can set exactly which token each position proposes and with what confidence.
 - `CharTokenizer`: one id per character, special tokens written as `<name>`, a chat template.
-- `RecordingDenoiser` / `recording_factory`: the dense denoiser, keeping each input and context.
+- `RecordingDenoiser`: the dense denoiser, keeping each input and context (run it with
+  `dyllm.generation.run_sampler`).
 
 Vocabulary (48 ids): 0 <bos>, 1 <eos> (also the pad), 2 <eot>, 3 <mask>, 4 <user>,
 5 <assistant>, then `CHARACTERS` from id 6.
@@ -178,8 +179,8 @@ class ScriptedLM(nn.Module):
 class RecordingDenoiser(DenseDenoiser):
     """A DenseDenoiser that keeps every input canvas and StepContext it was called with."""
 
-    def __init__(self, model, attention_mask, position_ids):
-        super().__init__(model, attention_mask, position_ids)
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
         self.inputs: list[torch.Tensor] = []
         self.contexts: list[StepContext] = []
 
@@ -187,15 +188,3 @@ class RecordingDenoiser(DenseDenoiser):
         self.inputs.append(x.clone())
         self.contexts.append(ctx)
         return super().__call__(x, ctx)
-
-
-def recording_factory() -> tuple[object, list[RecordingDenoiser]]:
-    """(denoiser_factory for `generate`, list that receives the denoiser it builds)."""
-    built: list[RecordingDenoiser] = []
-
-    def factory(model, attention_mask, position_ids):
-        denoiser = RecordingDenoiser(model, attention_mask, position_ids)
-        built.append(denoiser)
-        return denoiser
-
-    return factory, built

@@ -1,48 +1,35 @@
-"""A denoiser wrapper for tests that compare runs step by step."""
+"""Step-by-step recording for tests that compare two runs: `dyllm.generate` with an observer."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dyllm.generation.context import Denoiser, StepContext
+import dyllm
+from dyllm.generation import GenerationResult, StepReport
+from dyllm.policies import SaliencyPolicy
 
 
-class RecordingDenoiser(Denoiser):
-    """Delegates to another denoiser and keeps every step's logits."""
+class StepRecorder:
+    """An `on_step` observer that keeps every step's logits (and whether it ran dense)."""
 
-    def __init__(self, inner: Denoiser) -> None:
-        super().__init__()
-        self.inner = inner
+    def __init__(self) -> None:
         self.logits: list[torch.Tensor] = []
+        self.dense: list[bool] = []
 
-    def __call__(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        logits = self.inner(x, ctx)
-        self.nfe = self.inner.nfe
-        self.logits.append(logits.clone())
-        return logits
-
-    def extra_stats(self):
-        return self.inner.extra_stats()
+    def __call__(self, report: StepReport) -> None:
+        self.logits.append(report.logits.clone())
+        self.dense.append(report.dense)
 
 
-def generate_recording(model, prompts, policy=None, **options):
-    """`generate` with a dense (policy None) or saliency denoiser wrapped in a recorder.
-
-    Returns (result, the RecordingDenoiser of the call).
-    """
-    from dyllm.engine import SaliencyDenoiser
-    from dyllm.generation import DenseDenoiser, generate
-
-    recorders: list[RecordingDenoiser] = []
-
-    def factory(m, attention_mask, position_ids):
-        inner = (
-            DenseDenoiser(m, attention_mask, position_ids)
-            if policy is None
-            else SaliencyDenoiser(m, policy, attention_mask, position_ids)
-        )
-        recorders.append(RecordingDenoiser(inner))
-        return recorders[-1]
-
-    result = generate(model, prompts, denoiser_factory=factory, **options)
-    return result, recorders[0]
+def generate_recording(
+    model: Any, prompts: Any, policy: SaliencyPolicy | None = None, **options: Any
+) -> tuple[GenerationResult, StepRecorder]:
+    """`dyllm.generate` under `policy` (None: dense), cache invariants checked; returns the result
+    and the recorder holding each step's logits."""
+    recorder = StepRecorder()
+    result = dyllm.generate(
+        model, prompts, policy=policy, check_invariants=True, on_step=recorder, **options
+    )
+    return result, recorder

@@ -24,7 +24,7 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15], [16, 17, 18, 19, 20]]
 @pytest.mark.parametrize("policy", [None, EveryRow()], ids=["dense", "every-row"])
 def test_each_row_of_a_padded_batch_matches_its_prompt_alone(family, options, policy) -> None:
     model = tiny_model(family, seed=21, never_predicts_mask=True)
-    batch = dyllm.generate(model, PROMPTS, policy=policy, **options)
+    batch = dyllm.generate(model, PROMPTS, policy=policy, check_invariants=True, **options)
     for row, prompt in enumerate(PROMPTS):
-        alone = dyllm.generate(model, [prompt], policy=policy, **options)
+        alone = dyllm.generate(model, [prompt], policy=policy, check_invariants=True, **options)
         assert batch.token_ids[row] == alone.token_ids[0], f"row {row}"

@@ -5,16 +5,17 @@ import math
 import pytest
 import torch
 
-from dyllm.generation import generate
+from dyllm import generate
+from dyllm.generation import run_sampler
 from dyllm.generation.token_sampling import dream_sample_tokens, top_k_filter, top_p_filter
 from tests.mock_models import (
     MASK,
     VOCAB_SIZE,
     CharTokenizer,
+    RecordingDenoiser,
     ScriptedLM,
     TinyBidirectionalLM,
     peaked_logits,
-    recording_factory,
 )
 
 TOKENS = CharTokenizer()
@@ -184,9 +185,9 @@ def test_alg_temp_samples_positions_reproducibly():
     options = dict(gen_length=16, steps=8, alg="entropy", alg_temp=0.5)
 
     def commit_order(seed):
-        factory, built = recording_factory()
-        generate(model, [A, B], seed=seed, denoiser_factory=factory, **options)
-        return [(call[0, 2:] == MASK).tolist() for call in built[0].inputs]
+        recorder = RecordingDenoiser(model)
+        run_sampler(model, [A, B], recorder, seed=seed, **options)
+        return [(call[0, 2:] == MASK).tolist() for call in recorder.inputs]
 
     assert commit_order(0) == commit_order(0)
     assert commit_order(0) != commit_order(1)
@@ -194,17 +195,9 @@ def test_alg_temp_samples_positions_reproducibly():
 
 def test_blocks_confine_commits_to_the_current_block():
     model = TinyBidirectionalLM("dream", seed=2)
-    factory, built = recording_factory()
-    generate(
-        model,
-        [A, B],
-        gen_length=12,
-        block_length=4,
-        steps=6,
-        alg="entropy",
-        denoiser_factory=factory,
-    )
-    inputs = built[0].inputs
+    recorder = RecordingDenoiser(model)
+    run_sampler(model, [A, B], recorder, gen_length=12, block_length=4, steps=6, alg="entropy")
+    inputs = recorder.inputs
     assert len(inputs) == 6
     for step in (0, 1):
         assert (inputs[step][0, 6:] == MASK).all()

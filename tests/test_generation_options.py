@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from dyllm.generation import Denoiser, GenerationConfig, generate
+from dyllm import generate
+from dyllm.generation import Denoiser, GenerationConfig, run_sampler
 from dyllm.generation.batching import build_prompt_batch
 from dyllm.generation.config import resolve_config
 from tests.mock_models import (
@@ -325,7 +326,7 @@ def test_result_serialises_to_json():
 class CountingDenoiser(Denoiser):
     """Returns constant logits and reports how often it was called in extra stats."""
 
-    def __init__(self, model, attention_mask, position_ids):
+    def __init__(self):
         super().__init__()
         self.calls = 0
 
@@ -341,7 +342,7 @@ class CountingDenoiser(Denoiser):
 
 
 def test_custom_denoisers_report_extra_stats():
-    result = generate(scripted(), [A], gen_length=4, steps=4, denoiser_factory=CountingDenoiser)
+    result = run_sampler(scripted(), [A], CountingDenoiser(), gen_length=4, steps=4)
     assert result.token_ids == [[C] * 4]
     assert result.stats.extra == {"calls": 4} and result.stats.nfe == 4
 
@@ -352,7 +353,7 @@ def test_a_denoiser_returning_the_wrong_shape_is_named():
             return torch.zeros(*x.shape, VOCAB_SIZE)
 
     with pytest.raises(ValueError, match=r"WholeCanvas returned logits of shape \[1, 5, "):
-        generate(scripted(), [A], gen_length=4, steps=4, denoiser_factory=WholeCanvas)
+        run_sampler(scripted(), [A], WholeCanvas(), gen_length=4, steps=4)
 
 
 def test_progress_bar(capsys):

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from dyllm.models.layers import RMSNorm, apply_rope, attention, rope_angles
+from dyllm.kernels.primitives import apply_rope, attention, rope_angles
+from dyllm.models.layers import RMSNorm
 from tests.checkpoints import tiny_model
 
 

@@ -5,17 +5,18 @@ import math
 import pytest
 import torch
 
-from dyllm.generation import generate
+from dyllm import generate
+from dyllm.generation import run_sampler
 from dyllm.generation.token_sampling import gumbel_perturb, llada_propose
 from tests.mock_models import (
     EOS,
     MASK,
     VOCAB_SIZE,
     CharTokenizer,
+    RecordingDenoiser,
     ScriptedLM,
     TinyBidirectionalLM,
     peaked_logits,
-    recording_factory,
 )
 
 TOKENS = CharTokenizer()
@@ -115,19 +116,19 @@ def test_more_steps_than_block_positions_runs_every_step():
 
 def test_blocks_are_decoded_left_to_right():
     model = TinyBidirectionalLM(seed=1)
-    factory, built = recording_factory()
-    generate(model, [A, B, C], gen_length=8, block_length=4, steps=8, denoiser_factory=factory)
-    first_of_block_1 = built[0].inputs[4][0]
+    recorder = RecordingDenoiser(model)
+    run_sampler(model, [A, B, C], recorder, gen_length=8, block_length=4, steps=8)
+    first_of_block_1 = recorder.inputs[4][0]
     assert (first_of_block_1[3:7] != MASK).all() and (first_of_block_1[7:] == MASK).all()
     for step in range(4):
-        assert (built[0].inputs[step][0, 7:] == MASK).all()
-    contexts = built[0].contexts
+        assert (recorder.inputs[step][0, 7:] == MASK).all()
+    contexts = recorder.contexts
     assert [(c.block, c.block_start, c.block_end) for c in contexts] == [(0, 3, 7)] * 4 + [
         (1, 7, 11)
     ] * 4
     assert [c.first_step_in_block for c in contexts] == [True, False, False, False] * 2
     assert contexts[0].newly_committed is None
-    committed_by_step_0 = built[0].inputs[1] != built[0].inputs[0]
+    committed_by_step_0 = recorder.inputs[1] != recorder.inputs[0]
     assert torch.equal(contexts[1].newly_committed, committed_by_step_0)
 
 
@@ -139,23 +140,17 @@ def test_cfg_combines_as_unconditional_plus_scaled_difference():
     unconditional = torch.zeros(8, VOCAB_SIZE, dtype=torch.float64)
     unconditional[:, C] = 2.0
     model = ScriptedLM({A: conditional, MASK: unconditional})
-    factory, built = recording_factory()
+    recorder = RecordingDenoiser(model)
     plain = generate(model, [A, B], gen_length=4, block_length=4, steps=4)
-    guided = generate(
-        model,
-        [A, B],
-        gen_length=4,
-        block_length=4,
-        steps=4,
-        cfg_scale=1.0,
-        denoiser_factory=factory,
+    guided = run_sampler(
+        model, [A, B], recorder, gen_length=4, block_length=4, steps=4, cfg_scale=1.0
     )
     assert plain.token_ids == [[C] * 4]
     assert guided.token_ids == [[D] * 4]
-    first_input = built[0].inputs[0]
+    first_input = recorder.inputs[0]
     assert first_input.shape == (2, 6)
     assert first_input[1, :2].tolist() == [MASK, MASK] and first_input[0, :2].tolist() == [A, B]
-    contexts = built[0].contexts
+    contexts = recorder.contexts
     assert all(c.classifier_free_guidance for c in contexts)
     committed = contexts[1].newly_committed
     assert committed.shape == (2, 6) and torch.equal(committed[0], committed[1])
@@ -204,9 +199,9 @@ def test_random_remasking_is_seeded():
     options = dict(gen_length=16, block_length=16, steps=16, remasking="random")
 
     def commit_order(seed):
-        factory, built = recording_factory()
-        generate(model, [A, B], seed=seed, denoiser_factory=factory, **options)
-        return [(call[0, 2:] == MASK).tolist() for call in built[0].inputs]
+        recorder = RecordingDenoiser(model)
+        run_sampler(model, [A, B], recorder, seed=seed, **options)
+        return [(call[0, 2:] == MASK).tolist() for call in recorder.inputs]
 
     assert commit_order(1) == commit_order(1)
     assert commit_order(1) != commit_order(2)

@@ -2,14 +2,19 @@
 
 import torch
 
-from dyllm.generation import generate
-from dyllm.generation.commit_rules import factor_selection, threshold_selection, commit_most_confident
+from dyllm import generate
+from dyllm.generation import run_sampler
+from dyllm.generation.commit_rules import (
+    commit_most_confident,
+    factor_selection,
+    threshold_selection,
+)
 from tests.mock_models import (
     MASK,
     CharTokenizer,
+    RecordingDenoiser,
     ScriptedLM,
     peaked_logits,
-    recording_factory,
 )
 
 TOKENS = CharTokenizer()
@@ -93,19 +98,14 @@ def test_finished_rows_commit_nothing_while_others_finish_the_block():
     confident = peaked_logits([C] * 10, [CONFIDENT] * 10)
     unsure = peaked_logits([D] * 10, [UNSURE] * 10)
     model = ScriptedLM({A: confident, B: unsure})
-    factory, built = recording_factory()
-    result = generate(
-        model,
-        [[A, A], [B, B]],
-        gen_length=8,
-        block_length=4,
-        threshold=0.9,
-        denoiser_factory=factory,
+    recorder = RecordingDenoiser(model)
+    result = run_sampler(
+        model, [[A, A], [B, B]], recorder, gen_length=8, block_length=4, threshold=0.9
     )
     assert result.token_ids == [[C] * 8, [D] * 8]
-    contexts = built[0].contexts
+    contexts = recorder.contexts
     assert len(contexts) == 8  # the unsure row needs one step per token, 4 per block
-    after_first_step = built[0].inputs[1]
+    after_first_step = recorder.inputs[1]
     assert (after_first_step[0, 2:6] == C).all() and (after_first_step[0, 6:] == MASK).all()
     for context in contexts[2:4]:
         assert not context.newly_committed[0].any()

@@ -20,16 +20,15 @@ import torch.nn.functional as F
 
 import dyllm
 from dyllm.engine import SaliencyDenoiser
-from dyllm.generation import generate
-from dyllm.generation.context import Denoiser, StepContext
+from dyllm.generation import Denoiser, StepContext, run_sampler
 from dyllm.policies import (
+    AttentionSignals,
     CosineThreshold,
     DLLMCache,
     DualCache,
     LayerSignals,
     PrefixCache,
     SaliencyPolicy,
-    StepInfo,
     StepPlan,
 )
 from dyllm.policies.dllm_cache import transfer_rows
@@ -58,7 +57,7 @@ def test_block_caches_with_one_step_per_block_equal_dense_generation(
     model = tiny_model(family, seed=5)
     options = {"gen_length": 16, "steps": 4, "block_length": 4, **_sampler(family)}
     dense = dyllm.generate(model, prompts, **options)
-    cached = dyllm.generate(model, prompts, policy=policy_class(), **options)
+    cached = dyllm.generate(model, prompts, policy=policy_class(), check_invariants=True, **options)
     assert cached.token_ids == dense.token_ids
     assert cached.stats.extra["dense_steps"] == 4
     assert cached.stats.extra["sparse_steps"] == 0
@@ -71,7 +70,7 @@ def test_dllm_cache_refreshing_every_step_equals_dense_generation(family: str, p
     options = {"gen_length": 16, "steps": 16, "block_length": 8, **_sampler(family)}
     dense = dyllm.generate(model, prompts, **options)
     policy = DLLMCache(prompt_interval=1, gen_interval=1, transfer_ratio=0.25)
-    cached = dyllm.generate(model, prompts, policy=policy, **options)
+    cached = dyllm.generate(model, prompts, policy=policy, check_invariants=True, **options)
     assert cached.token_ids == dense.token_ids
     assert cached.stats.extra["dense_steps"] == 16
 
@@ -87,7 +86,7 @@ def test_dllm_cache_updating_every_row_on_sparse_steps_equals_dense_generation(
     options = {"gen_length": 16, "steps": 16, "block_length": 8, **_sampler(family)}
     dense = dyllm.generate(model, prompts, **options)
     policy = DLLMCache(prompt_interval=1, gen_interval=100, transfer_ratio=1.0)
-    cached = dyllm.generate(model, prompts, policy=policy, **options)
+    cached = dyllm.generate(model, prompts, policy=policy, check_invariants=True, **options)
     assert cached.token_ids == dense.token_ids
     extra = cached.stats.extra
     assert extra["dense_steps"] == 1 and extra["sparse_steps"] == 15
@@ -113,31 +112,38 @@ class Recorder(SaliencyPolicy):
         self.inner = inner
         self.name = inner.name
         self.attention = inner.attention
-        self.plans: dict[int, tuple[StepInfo, StepPlan]] = {}
+        self.plans: dict[int, tuple[StepContext, StepPlan]] = {}
         self.layers: dict[tuple[int, int], LayerRecord] = {}
+        self.value_cosines: dict[tuple[int, int], torch.Tensor | None] = {}
 
     def reset(self, num_layers: int) -> None:
         self.inner.reset(num_layers)
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         plan = self.inner.plan(step)
         self.plans[step.step] = (step, plan)
         return plan
 
     def rows_to_refresh(self, layer: int, signals: LayerSignals) -> torch.Tensor:
-        return self.inner.rows_to_refresh(layer, signals)
+        refreshed = self.inner.rows_to_refresh(layer, signals)
+        # a cached_property lands in the instance dict once read
+        self.value_cosines[(signals.step.step, layer)] = vars(signals).get("value_cosine")
+        return refreshed
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         selected = self.inner.select(layer, signals) & signals.queries
         assert signals.refreshed is not None
-        self.layers[(signals.step.step, layer)] = LayerRecord(
+        key = (signals.step.step, layer)
+        self.layers[key] = LayerRecord(
             queries=signals.queries,
             refreshed=signals.refreshed,
             selected=selected,
-            # a cached_property lands in the instance dict once read
-            value_cosine=vars(signals).get("value_cosine"),
+            value_cosine=self.value_cosines.pop(key),
         )
         return selected
+
+    def row_budget(self, step: StepContext, layer: int, query_count: int) -> int | None:
+        return self.inner.row_budget(step, layer, query_count)
 
     def describe(self) -> dict[str, object]:
         return self.inner.describe()
@@ -145,7 +151,9 @@ class Recorder(SaliencyPolicy):
 
 def _traced(model, prompts, policy: SaliencyPolicy, **options):
     """Generate with `policy`; the result and the engine's trace (row counts per layer)."""
-    result = dyllm.generate(model, prompts, policy=policy, trace=True, **options)
+    result = dyllm.generate(
+        model, prompts, policy=policy, trace=True, check_invariants=True, **options
+    )
     return result, result.stats.extra["trace"]
 
 
@@ -156,7 +164,7 @@ def _count(fraction: float, rows: int) -> int:
 # ------------------------------------------------------------------ Fast-dLLM
 
 
-def _block_rows(policy_class, step: StepInfo, shift: int) -> torch.Tensor:
+def _block_rows(policy_class, step: StepContext, shift: int) -> torch.Tensor:
     """The rows Fast-dLLM computes at a block's later steps: the current block (prefix cache:
     and the suffix), from one column earlier with a logit shift."""
     end = step.length if policy_class is PrefixCache else step.block_end
@@ -248,12 +256,24 @@ def test_block_caches_give_fast_dllm_logits_and_keep_frozen_rows_bit_for_bit(
     key_mask = torch.ones_like(canvas, dtype=torch.bool)
     key_mask[1, 0] = False
     positions = (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    denoiser = SaliencyDenoiser(model, policy_class(), key_mask, positions)
+    denoiser = SaliencyDenoiser(model, policy_class(), check_invariants=True)
     computed = (8 - shift, 16 if policy_class is PrefixCache else 12)
     window = (8 - shift, 12 - shift)
 
     def context(step: int, committed: torch.Tensor | None) -> StepContext:
-        return StepContext(step, 1, step, 8, 12, 4, committed, step == 0, *window)
+        return StepContext.on_canvas(
+            canvas,
+            step=step,
+            block=1,
+            block_start=8,
+            block_end=12,
+            prompt_length=4,
+            mask_token_id=mask,
+            logit_shift=bool(model.config.logit_shift),
+            newly_committed=committed,
+            attention_mask=key_mask,
+            position_ids=positions,
+        )
 
     first_canvas = canvas.clone()
     denoiser(canvas, context(0, None))
@@ -313,6 +333,7 @@ class Snapshots(Denoiser):
         self.normed.append({})
         logits = self.inner(x, ctx)
         self.nfe = self.inner.nfe
+        self.last_step_dense = self.inner.last_step_dense
         return logits
 
     def extra_stats(self) -> dict:
@@ -338,15 +359,8 @@ def test_dllm_cache_computes_its_rows_at_each_step_and_layer(family: str, transf
     model = tiny_model(family, seed=3)
     options = {"gen_length": 16, "steps": 16, "block_length": 8, **_sampler(family)}
     recorder = Recorder(DLLMCache(prompt_interval=5, gen_interval=3, transfer_ratio=transfer_ratio))
-    snapshots: list[Snapshots] = []
-
-    def factory(m, attention_mask, position_ids):
-        inner = SaliencyDenoiser(m, recorder, attention_mask, position_ids, trace=True)
-        snapshots.append(Snapshots(inner))
-        return snapshots[-1]
-
-    result = generate(model, PROMPTS_PADDED, denoiser_factory=factory, **options)
-    snapshot = snapshots[0]
+    snapshot = Snapshots(SaliencyDenoiser(model, recorder, trace=True, check_invariants=True))
+    result = run_sampler(model, PROMPTS_PADDED, snapshot, **options)
     snapshot.close()
     trace = result.stats.extra["trace"]
     batch, prompt_length, length = 3, 7, 7 + 16
@@ -436,8 +450,10 @@ random tiny models propose the mask token itself, which a commit then leaves mas
 def test_each_policy_runs_with_parallel_decoding(name: str, make, family: str, decoding) -> None:
     model = tiny_model(family, seed=3)
     options = {"gen_length": 16, "block_length": 8, **decoding}
-    baseline = dyllm.generate(model, PROMPTS_PADDED, policy=CosineThreshold(0.99), **options)
-    result = dyllm.generate(model, PROMPTS_PADDED, policy=make(), **options)
+    baseline = dyllm.generate(
+        model, PROMPTS_PADDED, policy=CosineThreshold(0.99), check_invariants=True, **options
+    )
+    result = dyllm.generate(model, PROMPTS_PADDED, policy=make(), check_invariants=True, **options)
     stats, extra = result.stats, result.stats.extra
     assert extra["policy"]["name"] == name
     assert set(extra) == set(baseline.stats.extra)  # the same numbers for every policy
@@ -456,7 +472,9 @@ def test_dual_cache_statistics_count_exactly_the_block_rows() -> None:
     still follow from it: dense steps count every row, sparse steps the block's."""
     model = tiny_model("dream", seed=3)
     options = {"gen_length": 16, "block_length": 4, "threshold": 0.1}
-    result = dyllm.generate(model, PROMPTS_PADDED, policy=DualCache(), **options)
+    result = dyllm.generate(
+        model, PROMPTS_PADDED, policy=DualCache(), check_invariants=True, **options
+    )
     extra = result.stats.extra
     length, block_rows = 7 + 16, 4 + 1  # Dream: one column before the block
     dense, sparse = extra["dense_steps"], extra["sparse_steps"]

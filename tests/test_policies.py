@@ -5,23 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dyllm.engine import SaliencyDenoiser
-from dyllm.generation import generate
+from dyllm import generate
+from dyllm.engine import calibrate_taus
 from dyllm.policies import (
     DEFAULT_TAU,
+    AttentionSignals,
     CosineThreshold,
     LayerAdaptive,
-    LayerSignals,
-    StepInfo,
+    StepContext,
     TopK,
 )
 from tests.checkpoints import tiny_model
 
 
-def _step(step: int, prompt: int = 3, length: int = 10, shift: int = 0) -> StepInfo:
+def _step(step: int, prompt: int = 3, length: int = 10, shift: int = 0) -> StepContext:
     committed = torch.zeros(2, length, dtype=torch.bool)
     committed[:, prompt + step % (length - prompt)] = True
-    return StepInfo(
+    return StepContext(
         step=step,
         block=0,
         step_in_block=step,
@@ -89,10 +89,11 @@ def test_layer_adaptive_needs_one_value_per_layer() -> None:
         generate(
             model,
             [[5, 6, 7]],
+            policy=policy,
+            check_invariants=True,
             gen_length=8,
             steps=8,
             block_length=8,
-            denoiser_factory=lambda m, a, p: SaliencyDenoiser(m, policy, a, p),
         )
 
 
@@ -104,7 +105,7 @@ class _Counting(LayerAdaptive):
         self.selected = [0] * num_layers
         self.queried = [0] * num_layers
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         chosen = super().select(layer, signals)
         self.selected[layer] += int(chosen.sum())
         self.queried[layer] += int(signals.queries.sum())
@@ -118,15 +119,10 @@ def test_calibration_hits_the_target_fraction_per_layer() -> None:
     model = tiny_model("llada", seed=1, num_layers=3)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15]]
     options = {"gen_length": 32, "steps": 32, "block_length": 8}
-    calibrated = LayerAdaptive.calibrate(model, prompts, [0.2, 0.3, 0.4], **options)
+    calibrated = calibrate_taus(model, prompts, [0.2, 0.3, 0.4], check_invariants=True, **options)
     assert len(calibrated.taus) == 3
     deployed = _Counting(taus=calibrated.taus)
-    generate(
-        model,
-        prompts,
-        denoiser_factory=lambda m, a, p: SaliencyDenoiser(m, deployed, a, p),
-        **options,
-    )
+    generate(model, prompts, policy=deployed, check_invariants=True, **options)
     fractions = [s / q for s, q in zip(deployed.selected, deployed.queried, strict=True)]
     for fraction, target in zip(fractions, [0.2, 0.3, 0.4], strict=True):
         assert abs(fraction - target) < 0.1, fractions
@@ -135,6 +131,6 @@ def test_calibration_hits_the_target_fraction_per_layer() -> None:
 def test_calibration_needs_sparse_steps() -> None:
     model = tiny_model("llada", seed=1)
     with pytest.raises(ValueError, match="no sparse step"):
-        LayerAdaptive.calibrate(
+        calibrate_taus(
             model, [[5, 6, 7]], 0.2, warmup_steps=4, gen_length=4, steps=4, block_length=4
         )

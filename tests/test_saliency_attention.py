@@ -1,4 +1,8 @@
-"""The saliency attention reference against its definition, written row by row in float64."""
+"""The saliency attention reference against its definition, written row by row in float64.
+
+Row sets have a capacity (`PaddedRows`): the cases run with it equal to the most rows a sequence
+has, and with padding beyond that, whose entries must change nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import math
 import pytest
 import torch
 
-from dyllm.kernels import PaddedRows, kernel, row_cosine, saliency_attention_reference
+from dyllm.kernels import PaddedRows, row_cosine, saliency_attention_reference
+from dyllm.kernels.dispatch import implementation
 
 
 def _case(seed: int, batch: int, heads: int, kv_heads: int, queries: int, length: int):
@@ -51,21 +56,28 @@ def _naive(q, key, value, context_old, exact, refreshed, delta, key_mask, approx
     return expected
 
 
+def _capacity(mask: torch.Tensor, padding: int) -> int:
+    """The most rows a sequence of `mask` [B, L] has, plus `padding` (at most L)."""
+    return min(int(mask.sum(dim=1).max()) + padding, mask.shape[1])
+
+
 @pytest.mark.parametrize(
     "batch,heads,kv_heads,queries,length", [(1, 2, 2, 5, 9), (3, 6, 2, 7, 12), (2, 5, 1, 4, 13)]
 )
 @pytest.mark.parametrize("approximate", [True, False], ids=["approximate", "frozen"])
-def test_matches_definition(batch, heads, kv_heads, queries, length, approximate) -> None:
+@pytest.mark.parametrize("padding", [0, 2], ids=["tight", "padded"])
+def test_matches_definition(batch, heads, kv_heads, queries, length, approximate, padding) -> None:
     q, key, value, context_old, exact, refreshed, delta, key_mask, _ = _case(
         batch * 100 + heads, batch, heads, kv_heads, queries, length
     )
-    columns = PaddedRows.from_mask(refreshed)
+    columns = PaddedRows.from_mask(refreshed, _capacity(refreshed, padding))
+    exact_rows = PaddedRows.from_mask(exact, _capacity(exact, padding))
     padded_delta = (
         delta.gather(2, columns.index[:, None, :, None].expand(-1, kv_heads, -1, delta.shape[-1]))
         * columns.valid[:, None, :, None]
     )
     context_new, cosine = saliency_attention_reference(
-        q, key, value, context_old, exact, columns, padded_delta, key_mask, approximate
+        q, key, value, context_old, exact_rows, columns, padded_delta, key_mask, approximate
     )
     expected = _naive(q, key, value, context_old, exact, refreshed, delta, key_mask, approximate)
     torch.testing.assert_close(context_new.double(), expected, atol=1e-5, rtol=1e-5)
@@ -75,12 +87,15 @@ def test_matches_definition(batch, heads, kv_heads, queries, length, approximate
         assert torch.equal(context_new[~exact], context_old[~exact])
 
 
-def test_no_refreshed_rows_leaves_contexts_unchanged() -> None:
+@pytest.mark.parametrize("capacity", [0, 3], ids=["tight", "padded"])
+def test_no_refreshed_rows_leaves_contexts_unchanged(capacity: int) -> None:
     q, key, value, context_old, _, _, delta, key_mask, _ = _case(3, 2, 4, 2, 5, 9)
     nothing = torch.zeros(2, 9, dtype=torch.bool)
-    columns = PaddedRows.from_mask(nothing)
+    columns = PaddedRows.from_mask(nothing, capacity)
+    exact = PaddedRows.from_mask(nothing[:, :5], capacity)
+    no_delta = torch.zeros_like(delta[:, :, :capacity])  # zero where not valid: everywhere
     context_new, cosine = saliency_attention_reference(
-        q, key, value, context_old, nothing[:, :5], columns, delta[:, :, :0], key_mask
+        q, key, value, context_old, exact, columns, no_delta, key_mask
     )
     assert torch.equal(context_new, context_old)
     torch.testing.assert_close(cosine, torch.ones(2, 5), atol=1e-6, rtol=0)
@@ -88,9 +103,21 @@ def test_no_refreshed_rows_leaves_contexts_unchanged() -> None:
 
 def test_padded_rows_list_positions_in_order() -> None:
     mask = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
-    rows = PaddedRows.from_mask(mask)
-    assert rows.index.tolist() == [[1, 3, 4], [0, 0, 0], [0, 0, 0]]
+    rows = PaddedRows.from_mask(mask, 3)
+    # selected positions first, in order; then (invalid) the sequence's unselected positions
+    assert rows.index.tolist() == [[1, 3, 4], [0, 1, 2], [0, 1, 2]]
     assert rows.valid.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+
+
+def test_padded_rows_pad_with_distinct_unselected_positions() -> None:
+    mask = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    rows = PaddedRows.from_mask(mask, 4)
+    assert rows.index.tolist() == [[1, 3, 4, 0], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert rows.valid.tolist() == [[True] * 3 + [False], [True] + [False] * 3, [False] * 4]
+    assert rows.counts.tolist() == [3, 1, 0]
+    assert torch.equal(rows.mask(5), mask)
+    assert not bool(rows.overflow)
+    assert bool(PaddedRows.from_mask(mask, 2).overflow)  # the first sequence has 3
 
 
 def test_row_cosine_is_float32_over_the_last_dimension() -> None:
@@ -103,7 +130,8 @@ def test_row_cosine_is_float32_over_the_last_dimension() -> None:
 
 def test_dispatch_forces_the_eager_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DYLLM_KERNELS", "eager")
-    assert kernel("saliency_attention", torch.device("cpu")) is saliency_attention_reference
+    cpu = torch.device("cpu")
+    assert implementation("saliency_attention", cpu) is saliency_attention_reference
     monkeypatch.setenv("DYLLM_KERNELS", "fastest")
     with pytest.raises(ValueError, match="DYLLM_KERNELS='fastest'"):
-        kernel("saliency_attention", torch.device("cpu"))
+        implementation("saliency_attention", cpu)

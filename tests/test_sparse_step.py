@@ -8,21 +8,22 @@ match naive computations, budgets are exact, user policies plug in, bytes are ac
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from dyllm import generate
 from dyllm.cache import CacheInvariantError
 from dyllm.engine import SaliencyDenoiser
-from dyllm.generation import generate
-from dyllm.generation.context import StepContext
+from dyllm.engine.sparse_step import QueryRows
+from dyllm.generation import StepContext, run_sampler
 from dyllm.kernels import row_cosine
-from dyllm.models import sparse_step
 from dyllm.policies import (
+    AttentionSignals,
     CosineThreshold,
     EveryRow,
-    LayerSignals,
     SaliencyPolicy,
-    StepInfo,
     StepPlan,
     TopK,
 )
@@ -70,14 +71,14 @@ class ScriptedPolicy(SaliencyPolicy):
         self.select_columns = select_columns
         self.cosines: list[torch.Tensor] = []
 
-    def plan(self, step: StepInfo) -> StepPlan:
+    def plan(self, step: StepContext) -> StepPlan:
         if step.step == 0:
             return StepPlan.dense_step()
         refresh = torch.zeros_like(step.masked)
         refresh[:, self.refresh_columns] = True
         return StepPlan(dense=False, queries=step.response_rows, refresh=refresh)
 
-    def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+    def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
         self.cosines.append(signals.context_cosine.clone())
         chosen = torch.zeros_like(signals.queries)
         chosen[:, self.select_columns] = True
@@ -89,10 +90,19 @@ def _two_steps(policy: SaliencyPolicy, family: str = "llada"):
     model = tiny_model(family, seed=4)
     mask = model.config.mask_token_id
     x = torch.tensor([[5, 6, 7, 8] + [mask] * 8, [9, 10, 11, 12] + [mask] * 8])
-    denoiser = SaliencyDenoiser(model, policy, None, None)
+    denoiser = SaliencyDenoiser(model, policy, check_invariants=True)
 
     def context(step: int, committed: torch.Tensor | None) -> StepContext:
-        return StepContext(step, 0, step, 4, 12, 4, committed, step == 0, 4, 12)
+        return StepContext.on_canvas(
+            x,
+            step=step,
+            block_start=4,
+            block_end=12,
+            prompt_length=4,
+            mask_token_id=mask,
+            logit_shift=bool(model.config.logit_shift),
+            newly_committed=committed,
+        )
 
     denoiser(x, context(0, None))
     before = {
@@ -132,21 +142,51 @@ def test_gathered_and_sliced_query_rows_agree_bit_for_bit(monkeypatch) -> None:
     _, sliced, _, sliced_logits, _ = _two_steps(
         ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10])
     )
-    monkeypatch.setattr(sparse_step, "_shared_span", lambda index: None)
+    query_rows = SaliencyDenoiser._query_rows
+    spans: list[tuple[int, int] | None] = []
+
+    def gather_always(self, queries, refresh, ctx) -> tuple[QueryRows, int]:
+        rows, most_refreshed = query_rows(self, queries, refresh, ctx)
+        spans.append(rows.span)
+        return dataclasses.replace(rows, span=None), most_refreshed
+
+    monkeypatch.setattr(SaliencyDenoiser, "_query_rows", gather_always)
     _, gathered, _, gathered_logits, _ = _two_steps(
         ScriptedPolicy(refresh_columns=[5, 9], select_columns=[6, 10])
     )
+    assert spans == [(4, 12)]  # the same queries, read as a span unless patched
     assert torch.equal(sliced_logits, gathered_logits)
     for layer in range(2):
         for name in ("key", "value", "context", "ffn_out"):
             assert torch.equal(sliced.cache[layer].buffer(name), gathered.cache[layer].buffer(name))
 
 
+def _shared_span(index: torch.Tensor) -> tuple[int, int] | None:
+    """The span the engine finds for query rows at the ascending positions `index` [B, Q]."""
+    model = tiny_model("llada", seed=0)
+    queries = torch.zeros(index.shape[0], 8, dtype=torch.bool)
+    queries.scatter_(1, index, True)
+    # an empty block, so an empty logit window: every query set covers it
+    ctx = StepContext.on_canvas(
+        queries.long(),
+        step=1,
+        block_start=0,
+        block_end=0,
+        prompt_length=0,
+        mask_token_id=model.config.mask_token_id,
+        logit_shift=False,
+    )
+    denoiser = SaliencyDenoiser(model, EveryRow(), check_invariants=True)
+    rows, _ = denoiser._query_rows(queries, queries, ctx)
+    assert torch.equal(rows.index, index)
+    return rows.span
+
+
 def test_a_span_is_recognised_only_when_every_sequence_shares_it() -> None:
-    assert sparse_step._shared_span(torch.tensor([[4, 5, 6], [4, 5, 6]])) == (4, 7)
-    assert sparse_step._shared_span(torch.tensor([[4, 5, 6], [5, 6, 7]])) is None
-    assert sparse_step._shared_span(torch.tensor([[4, 5, 7], [4, 5, 7]])) is None
-    assert sparse_step._shared_span(torch.zeros(2, 0, dtype=torch.long)) is None
+    assert _shared_span(torch.tensor([[4, 5, 6], [4, 5, 6]])) == (4, 7)
+    assert _shared_span(torch.tensor([[4, 5, 6], [5, 6, 7]])) is None
+    assert _shared_span(torch.tensor([[4, 5, 7], [4, 5, 7]])) is None
+    assert _shared_span(torch.zeros(2, 0, dtype=torch.long)) is None
 
 
 def test_cosine_signal_matches_a_naive_computation() -> None:
@@ -170,7 +210,7 @@ def test_cosine_threshold_selects_exactly_the_rows_below_tau() -> None:
             super().__init__(tau=tau, warmup_steps=1)
             self.seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-        def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+        def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
             chosen = super().select(layer, signals)
             self.seen.append((signals.context_cosine.clone(), signals.queries, chosen))
             return chosen
@@ -194,15 +234,10 @@ def test_top_k_selects_exactly_k_rows_per_sequence_at_every_layer() -> None:
 
 
 def _trace_counts(model, policy) -> list[list[int]]:
-    denoisers: list[SaliencyDenoiser] = []
-
-    def factory(m, a, p):
-        denoisers.append(SaliencyDenoiser(m, policy, a, p, trace=True))
-        return denoisers[-1]
-
-    generate(model, PROMPTS_PADDED, denoiser_factory=factory, **_options("llada"))
+    denoiser = SaliencyDenoiser(model, policy, trace=True, check_invariants=True)
+    run_sampler(model, PROMPTS_PADDED, denoiser, **_options("llada"))
     rows = 3 * (7 + 16)
-    trace = denoisers[0].extra_stats()["trace"]
+    trace = denoiser.extra_stats()["trace"]
     return [[round(f * rows) for f in entry["ffn"]] for entry in trace if not entry["dense"]]
 
 
@@ -212,7 +247,7 @@ def test_a_user_policy_plugs_in_with_one_class() -> None:
 
         name = "still-masked"
 
-        def plan(self, step: StepInfo) -> StepPlan:
+        def plan(self, step: StepContext) -> StepPlan:
             if step.step < 2:
                 return StepPlan.dense_step()
             return StepPlan(
@@ -221,7 +256,7 @@ def test_a_user_policy_plugs_in_with_one_class() -> None:
                 refresh=step.newly_committed & step.response_rows,
             )
 
-        def select(self, layer: int, signals: LayerSignals) -> torch.Tensor:
+        def select(self, layer: int, signals: AttentionSignals) -> torch.Tensor:
             return signals.queries & signals.step.masked
 
     model = tiny_model("dream", seed=8)
@@ -248,7 +283,7 @@ def test_cache_bytes_match_the_buffers_allocated() -> None:
 
 def test_reading_a_cache_before_any_dense_step_fails_loudly() -> None:
     class NoWarmup(ScriptedPolicy):
-        def plan(self, step: StepInfo) -> StepPlan:
+        def plan(self, step: StepContext) -> StepPlan:
             refresh = torch.zeros_like(step.masked)
             refresh[:, 5] = True
             return StepPlan(dense=False, queries=step.response_rows, refresh=refresh)
@@ -258,14 +293,15 @@ def test_reading_a_cache_before_any_dense_step_fails_loudly() -> None:
         generate(
             model,
             PROMPTS_ONE,
-            denoiser_factory=lambda m, a, p: SaliencyDenoiser(m, NoWarmup([5], [6]), a, p),
+            policy=NoWarmup([5], [6]),
+            check_invariants=True,
             **_options("llada"),
         )
 
 
 def test_queries_must_cover_the_rows_the_sampler_reads() -> None:
     class PromptOnly(ScriptedPolicy):
-        def plan(self, step: StepInfo) -> StepPlan:
+        def plan(self, step: StepContext) -> StepPlan:
             if step.step == 0:
                 return StepPlan.dense_step()
             prompt = step.columns(0, step.prompt_length)
@@ -276,6 +312,7 @@ def test_queries_must_cover_the_rows_the_sampler_reads() -> None:
         generate(
             model,
             PROMPTS_ONE,
-            denoiser_factory=lambda m, a, p: SaliencyDenoiser(m, PromptOnly([], []), a, p),
+            policy=PromptOnly([], []),
+            check_invariants=True,
             **_options("llada"),
         )

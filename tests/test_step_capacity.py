@@ -72,3 +72,27 @@ def test_a_step_that_fits_its_guess_runs_once():
     assert empty.token_ids == full.token_ids
     assert empty.stats.extra["ffn_fraction_per_layer"] == full.stats.extra["ffn_fraction_per_layer"]
     assert empty.stats.extra["sparse_steps"] > 0
+
+
+class UnderBudgeted(CosineThreshold):
+    """Claims one row per layer but selects by threshold: a broken `row_budget`."""
+
+    name = "under-budgeted"
+
+    def row_budget(self, step, layer, query_count):
+        return 1
+
+
+def test_a_budget_the_policy_breaks_is_an_error():
+    model = tiny_model("llada", num_layers=3, never_predicts_mask=True)
+    denoiser = SaliencyDenoiser(model, UnderBudgeted(0.999, warmup_steps=2))
+    with pytest.raises(ValueError, match=r"policy 'under-budgeted' picked \d+ rows .* row_budget"):
+        run_sampler(model, PROMPTS, denoiser, **OPTIONS)
+
+
+def test_layer_budgets_cover_the_previous_layer():
+    policy = LayerAdaptive(budgets=[0.5, 0.1, 0.25], warmup_steps=2)
+    model = tiny_model("llada", num_layers=3, never_predicts_mask=True)
+    result = run_sampler(model, PROMPTS, SaliencyDenoiser(model, policy), **OPTIONS)
+    assert result.stats.extra["capacity_retries"] == 0
+    assert [policy.row_budget(None, layer, 20) for layer in range(3)] == [10, 10, 5]

@@ -7,7 +7,9 @@ whether code is compiled or interpreted; dyllm imports triton only on a kernel's
 On a GPU the same tests run natively and the `gpu`-marked ones add model-sized shapes.
 Outputs are poisoned: the launchers allocate them NaN-filled (DYLLM_POISON_OUTPUTS=1) and the
 cache rows a kernel must overwrite are set to NaN first, so an element a kernel forgets to write
-fails the comparison. Tolerances come from the storage dtype (tests/tensor_diff.py). What only
+fails the comparison. Row sets have a fixed capacity; the padded cases give it more slots than
+rows, and the padding rows must leave the caches untouched. Tolerances come from the storage dtype
+(tests/tensor_diff.py). What only
 the compiler checks is covered by compiling every kernel for sm_90 in a subprocess
 (tests/triton_aot.py).
 """
@@ -18,6 +20,7 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -37,13 +40,16 @@ from dyllm.kernels import (
     FeedForwardWeights,
     FlatRows,
     PaddedRows,
+    gathered_ffn,
     gathered_ffn_reference,
-    kernel,
+    implementation,
+    kv_update,
     kv_update_reference,
+    saliency_attention,
     saliency_attention_reference,
 )
+from dyllm.kernels.primitives import rope_angles
 from dyllm.kernels.triton_launch import block_size, row_tile
-from dyllm.models.layers import rope_angles
 from dyllm.policies import CosineThreshold, EveryRow, SaliencyPolicy
 from tests.checkpoints import tiny_model
 from tests.recording import generate_recording
@@ -65,6 +71,12 @@ def _random(generator: torch.Generator, dtype: torch.dtype, *shape: int) -> torc
     return torch.randn(*shape, generator=generator).to(dtype).to(DEVICE)
 
 
+def _padded(mask: torch.Tensor, padding: int = 0) -> PaddedRows:
+    """The rows of `mask` [B, L] with room for the most rows a sequence has plus `padding`."""
+    capacity = min(int(mask.sum(dim=1).max()) + padding, mask.shape[1])
+    return PaddedRows.from_mask(mask, capacity)
+
+
 # ------------------------------------------------------------------ saliency attention
 
 ATTENTION_SHAPES = [
@@ -80,9 +92,16 @@ ATTENTION_SHAPES_GPU = [
 ]
 
 
-def _attention_case(seed: int, shape: tuple, dtype: torch.dtype, refreshed_fraction: float = 0.3):
+def _attention_case(
+    seed: int,
+    shape: tuple,
+    dtype: torch.dtype,
+    refreshed_fraction: float = 0.3,
+    padding: int = 0,
+):
     """Inputs of one call: queries are the last positions, refreshed columns anywhere, the
-    second sequence refreshes nothing, the last one is left-padded."""
+    second sequence refreshes nothing, the last one is left-padded; `padding` extra slots in
+    the exact rows and the refreshed columns."""
     batch, heads, kv_heads, queries, length, head_dim = shape
     g = torch.Generator().manual_seed(seed)
     q = _random(g, dtype, batch, heads, queries, head_dim)
@@ -94,8 +113,8 @@ def _attention_case(seed: int, shape: tuple, dtype: torch.dtype, refreshed_fract
     if batch > 1:
         refreshed[1] = False
     refreshed = refreshed.to(DEVICE)
-    exact = refreshed[:, length - queries :].contiguous()
-    columns = PaddedRows.from_mask(refreshed)
+    exact = _padded(refreshed[:, length - queries :], padding)
+    columns = _padded(refreshed, padding)
     delta = _random(g, dtype, batch, kv_heads, columns.width, head_dim)
     delta = delta * columns.valid[:, None, :, None]
     key_mask = torch.ones(batch, length, dtype=torch.bool, device=DEVICE)
@@ -103,10 +122,12 @@ def _attention_case(seed: int, shape: tuple, dtype: torch.dtype, refreshed_fract
     return q, key, value, context_old, exact, columns, delta, key_mask
 
 
-def _check_attention(shape: tuple, dtype: torch.dtype, approximate: bool, seed: int = 0) -> None:
-    inputs = _attention_case(seed, shape, dtype)
+def _check_attention(
+    shape: tuple, dtype: torch.dtype, approximate: bool, seed: int = 0, padding: int = 0
+) -> None:
+    inputs = _attention_case(seed, shape, dtype, padding=padding)
     expected_context, expected_cosine = saliency_attention_reference(*inputs, approximate)
-    context, cosine = kernel("saliency_attention", DEVICE, "triton")(*inputs, approximate)
+    context, cosine = saliency_attention(*inputs, approximate=approximate, backend="triton")
     atol, rtol = TOLERANCES[dtype]
     assert context.dtype == dtype and cosine.dtype == torch.float32
     assert_close_report(context, expected_context, atol=atol, rtol=rtol, name="context")
@@ -119,14 +140,36 @@ def test_saliency_attention_matches_reference(shape: tuple, dtype: torch.dtype) 
     _check_attention(shape, dtype, approximate=True)
 
 
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES[:2], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("approximate", [True, False], ids=["approximate", "frozen"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_saliency_attention_with_padding_matches_reference(
+    shape: tuple, approximate: bool, dtype: torch.dtype
+) -> None:
+    """Three slots more than rows in the exact rows and the refreshed columns."""
+    _check_attention(shape, dtype, approximate, padding=3)
+
+
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES[1:3], ids=lambda s: "x".join(map(str, s)))
-def test_saliency_attention_frozen_rows_keep_their_context(shape: tuple) -> None:
-    _check_attention(shape, torch.float32, approximate=False)
-    q, key, value, context_old, exact, columns, delta, key_mask = _attention_case(
-        0, shape, torch.float32
+@pytest.mark.parametrize("padding", [0, 3], ids=["tight", "padded"])
+def test_saliency_attention_frozen_rows_keep_their_context(shape: tuple, padding: int) -> None:
+    _check_attention(shape, torch.float32, approximate=False, padding=padding)
+    q, key, value, context_old, exact_rows, columns, delta, key_mask = _attention_case(
+        0, shape, torch.float32, padding=padding
     )
-    attention = kernel("saliency_attention", DEVICE, "triton")
-    context, _ = attention(q, key, value, context_old, exact, columns, delta, key_mask, False)
+    context, _ = saliency_attention(
+        q,
+        key,
+        value,
+        context_old,
+        exact_rows,
+        columns,
+        delta,
+        key_mask,
+        approximate=False,
+        backend="triton",
+    )
+    exact = exact_rows.mask(q.shape[2])
     assert torch.equal(context[~exact], context_old[~exact])
 
 
@@ -134,10 +177,11 @@ def test_saliency_attention_every_row_exact_is_plain_attention() -> None:
     shape = (2, 4, 2, 24, 24, 16)
     q, key, value, context_old, _, _, _, key_mask = _attention_case(1, shape, torch.float32)
     every = torch.ones(2, 24, dtype=torch.bool, device=DEVICE)
-    columns = PaddedRows.from_mask(every)
+    columns = PaddedRows.from_mask(every, 24)
     delta = torch.zeros(2, 2, 24, 16, device=DEVICE)
-    attention = kernel("saliency_attention", DEVICE, "triton")
-    context, _ = attention(q, key, value, context_old, every, columns, delta, key_mask)
+    context, _ = saliency_attention(
+        q, key, value, context_old, columns, columns, delta, key_mask, backend="triton"
+    )
     plain = torch.nn.functional.scaled_dot_product_attention(
         q,
         key.repeat_interleave(2, dim=1),
@@ -148,15 +192,16 @@ def test_saliency_attention_every_row_exact_is_plain_attention() -> None:
     assert_close_report(context, expected, atol=1e-5, rtol=1e-5, name="context")
 
 
-def test_saliency_attention_without_refreshed_rows_changes_nothing() -> None:
+@pytest.mark.parametrize("capacity", [0, 3], ids=["tight", "padded"])
+def test_saliency_attention_without_refreshed_rows_changes_nothing(capacity: int) -> None:
     shape = (2, 4, 2, 7, 12, 16)
     q, key, value, context_old, _, _, _, key_mask = _attention_case(2, shape, torch.float32)
     nothing = torch.zeros(2, 12, dtype=torch.bool, device=DEVICE)
-    columns = PaddedRows.from_mask(nothing)
-    delta = torch.zeros(2, 2, 0, 16, device=DEVICE)
-    attention = kernel("saliency_attention", DEVICE, "triton")
-    context, cosine = attention(
-        q, key, value, context_old, nothing[:, :7], columns, delta, key_mask
+    columns = PaddedRows.from_mask(nothing, capacity)
+    exact = PaddedRows.from_mask(nothing[:, :7], capacity)
+    delta = torch.zeros(2, 2, capacity, 16, device=DEVICE)
+    context, cosine = saliency_attention(
+        q, key, value, context_old, exact, columns, delta, key_mask, backend="triton"
     )
     assert torch.equal(context, context_old)
     assert_close_report(cosine, torch.ones(2, 7, device=DEVICE), atol=1e-6, rtol=0, name="cosine")
@@ -181,7 +226,9 @@ FFN_SHAPES = [
 FFN_SHAPES_GPU = [(1, 256, 1024, 4096, 12288), (16, 256, 1024, 3584, 18944)]
 
 
-def _ffn_case(seed: int, shape: tuple, dtype: torch.dtype):
+def _ffn_case(seed: int, shape: tuple, dtype: torch.dtype, padding: int | None = None):
+    """Inputs of one call; `padding` None: exactly the selected rows, else padded rows with
+    that many slots per sequence beyond the most a sequence selected."""
     batch, queries, length, width, intermediate = shape
     g = torch.Generator().manual_seed(seed)
     hidden = _random(g, dtype, batch, queries, width)
@@ -200,30 +247,40 @@ def _ffn_case(seed: int, shape: tuple, dtype: torch.dtype):
     selected[0, 0] = True
     if batch > 1:
         selected[-1] = False
-    rows = FlatRows.from_mask(selected.to(DEVICE))
+    selected = selected.to(DEVICE)
+    rows = FlatRows.from_mask(selected) if padding is None else _padded(selected, padding).flat()
     positions = rows.position + (length - queries)
     ffn_out = _random(g, dtype, batch, length, width)
     return hidden, rows, positions, weights, ffn_out
 
 
-def _check_ffn(shape: tuple, dtype: torch.dtype, seed: int = 0) -> None:
-    hidden, rows, positions, weights, ffn_out = _ffn_case(seed, shape, dtype)
+def _check_ffn(shape: tuple, dtype: torch.dtype, seed: int = 0, padding: int | None = None):
+    hidden, rows, positions, weights, ffn_out = _ffn_case(seed, shape, dtype, padding)
+    valid = rows.valid
     expected = ffn_out.clone()
     gathered_ffn_reference(hidden, rows, positions, weights, expected)
     actual = ffn_out.clone()
-    actual[rows.batch_index, positions] = float("nan")
-    kernel("gathered_ffn", DEVICE, "triton")(hidden, rows, positions, weights, actual)
+    actual[rows.batch_index[valid], positions[valid]] = float("nan")
+    gathered_ffn(hidden, rows, positions, weights, actual, backend="triton")
     atol, rtol = TOLERANCES[dtype]
     assert_close_report(actual, expected, atol=atol, rtol=rtol, name="ffn_out")
     untouched = torch.ones(ffn_out.shape[:2], dtype=torch.bool, device=DEVICE)
-    untouched[rows.batch_index, positions] = False
+    untouched[rows.batch_index[valid], positions[valid]] = False
     assert torch.equal(actual[untouched], ffn_out[untouched])
+    assert torch.equal(expected[untouched], ffn_out[untouched])
 
 
 @pytest.mark.parametrize("shape", FFN_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gathered_ffn_matches_reference(shape: tuple, dtype: torch.dtype) -> None:
     _check_ffn(shape, dtype)
+
+
+@pytest.mark.parametrize("shape", FFN_SHAPES[:2], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gathered_ffn_with_padding_writes_only_valid_rows(shape: tuple, dtype) -> None:
+    """Padding rows (three slots per sequence beyond the most selected) leave the cache alone."""
+    _check_ffn(shape, dtype, padding=3)
 
 
 @pytest.mark.gpu
@@ -239,7 +296,7 @@ def test_gathered_ffn_reference_is_the_layers_feed_forward(dtype: torch.dtype) -
     layer = tiny_model("dream", seed=3).to(dtype).layers[0]
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 6, layer.config.hidden_size, generator=g).to(dtype)
-    rows = FlatRows(torch.tensor([0, 0, 1]), torch.tensor([1, 4, 2]))
+    rows = FlatRows(torch.tensor([0, 0, 1]), torch.tensor([1, 4, 2]), torch.ones(3, dtype=bool))
     ffn_out = torch.zeros(2, 9, layer.config.hidden_size, dtype=dtype)
     weights = FeedForwardWeights(
         layer.ffn_norm.weight,
@@ -266,34 +323,50 @@ KV_SHAPES = [
 KV_SHAPES_GPU = [(16, 1024, 32, 128, 2048)]
 
 
-def _kv_case(seed: int, shape: tuple, dtype: torch.dtype):
+def _kv_case(seed: int, shape: tuple, dtype: torch.dtype, padding: int = 0):
+    """Inputs of one call: `count` refreshed rows, then `padding` other rows, not valid."""
     batch, length, kv_heads, head_dim, count = shape
     g = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(batch * length, generator=g)[:count].sort().values
-    rows = FlatRows((chosen // length).to(DEVICE), (chosen % length).to(DEVICE))
+    order = torch.randperm(batch * length, generator=g)
+    chosen = torch.cat([order[:count].sort().values, order[count : count + padding]])
+    valid = (torch.arange(count + padding) < count).to(DEVICE)
+    rows = FlatRows((chosen // length).to(DEVICE), (chosen % length).to(DEVICE), valid)
     cos, sin = rope_angles(torch.arange(length).expand(batch, length), head_dim, 10000.0)
-    key_rows = _random(g, dtype, count, kv_heads * head_dim)
-    value_rows = _random(g, dtype, count, kv_heads * head_dim)
+    key_rows = _random(g, dtype, count + padding, kv_heads * head_dim)
+    value_rows = _random(g, dtype, count + padding, kv_heads * head_dim)
     key_cache = _random(g, dtype, batch, kv_heads, length, head_dim)
     value_cache = _random(g, dtype, batch, kv_heads, length, head_dim)
     angles = rows.gather(cos.to(DEVICE)), rows.gather(sin.to(DEVICE))
     return key_rows, value_rows, *angles, rows, key_cache, value_cache
 
 
-def _check_kv_update(shape: tuple, dtype: torch.dtype, full_precision: bool, seed: int = 0):
-    key_rows, value_rows, cos, sin, rows, key_cache, value_cache = _kv_case(seed, shape, dtype)
+def _check_kv_update(
+    shape: tuple, dtype: torch.dtype, full_precision: bool, seed: int = 0, padding: int = 0
+):
+    key_rows, value_rows, cos, sin, rows, key_cache, value_cache = _kv_case(
+        seed, shape, dtype, padding
+    )
     expected_key, expected_value = key_cache.clone(), value_cache.clone()
     expected_delta = kv_update_reference(
         key_rows, value_rows, cos, sin, rows, expected_key, expected_value, full_precision
     )
     key, value = key_cache.clone(), value_cache.clone()
-    key[rows.batch_index, :, rows.position] = float("nan")
-    update = kernel("kv_update", DEVICE, "triton")
-    delta = update(key_rows, value_rows, cos, sin, rows, key, value, full_precision)
+    valid = rows.valid
+    key[rows.batch_index[valid], :, rows.position[valid]] = float("nan")
+    delta = kv_update(
+        key_rows, value_rows, cos, sin, rows, key, value, full_precision, backend="triton"
+    )
     atol, rtol = TOLERANCES[dtype]
     assert_close_report(key, expected_key, atol=atol, rtol=rtol, name="key_cache")
     assert torch.equal(value, expected_value)
     assert_close_report(delta, expected_delta, atol=atol, rtol=rtol, name="delta_value")
+    # padding rows: both caches untouched by either path, dV zero
+    padding_rows = (rows.batch_index[~valid], slice(None), rows.position[~valid])
+    for cache in (key, expected_key):
+        assert torch.equal(cache[padding_rows], key_cache[padding_rows])
+    for cache in (value, expected_value):
+        assert torch.equal(cache[padding_rows], value_cache[padding_rows])
+    assert not delta[~valid].any() and not expected_delta[~valid].any()
 
 
 @pytest.mark.parametrize("shape", KV_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -301,6 +374,15 @@ def _check_kv_update(shape: tuple, dtype: torch.dtype, full_precision: bool, see
 @pytest.mark.parametrize("full_precision", [True, False], ids=["rope-fp32", "rope-dtype"])
 def test_kv_update_matches_reference(shape: tuple, dtype: torch.dtype, full_precision: bool):
     _check_kv_update(shape, dtype, full_precision)
+
+
+@pytest.mark.parametrize("shape", KV_SHAPES[:2], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("full_precision", [True, False], ids=["rope-fp32", "rope-dtype"])
+def test_kv_update_with_padding_leaves_padding_rows_alone(
+    shape: tuple, dtype: torch.dtype, full_precision: bool
+) -> None:
+    _check_kv_update(shape, dtype, full_precision, padding=5)
 
 
 @pytest.mark.gpu
@@ -319,7 +401,7 @@ def test_kv_update_reference_writes_what_the_dense_forward_computes(family: str)
     normed = torch.randn(2, 10, config.hidden_size, generator=g).to(torch.bfloat16)
     cos, sin = model.rope(torch.arange(10).expand(2, 10))
     _, dense_key, dense_value = layer.project_qkv(normed, cos, sin)  # [B, KV, L, D]
-    rows = FlatRows(torch.tensor([0, 1, 1]), torch.tensor([7, 0, 9]))
+    rows = FlatRows(torch.tensor([0, 1, 1]), torch.tensor([7, 0, 9]), torch.ones(3, dtype=bool))
     key_cache = torch.zeros_like(dense_key)
     value_cache = torch.zeros_like(dense_value)
     delta = kv_update_reference(
@@ -343,11 +425,11 @@ def test_kv_update_reference_writes_what_the_dense_forward_computes(family: str)
 
 @pytest.mark.parametrize("name", ["saliency_attention", "gathered_ffn", "kv_update"])
 def test_dispatch_forces_either_backend(name: str) -> None:
-    triton_path = kernel(name, DEVICE, "triton")
+    triton_path = implementation(name, DEVICE, "triton")
     assert triton_path.__module__ == f"dyllm.kernels.triton_{name}"
-    assert kernel(name, DEVICE, "eager").__module__ == f"dyllm.kernels.{name}"
-    automatic = kernel(name, torch.device("cpu"))
-    assert automatic.__module__ == f"dyllm.kernels.{name}"  # CPU tensors: the reference
+    assert implementation(name, DEVICE, "eager").__module__ == f"dyllm.kernels.reference_{name}"
+    automatic = implementation(name, torch.device("cpu"))
+    assert automatic.__module__ == f"dyllm.kernels.reference_{name}"  # CPU tensors: reference
 
 
 def test_forcing_triton_on_cpu_tensors_needs_the_interpreter(
@@ -356,19 +438,18 @@ def test_forcing_triton_on_cpu_tensors_needs_the_interpreter(
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("DYLLM_KERNELS", "triton")
     with pytest.raises(ValueError, match="set TRITON_INTERPRET=1"):
-        kernel("kv_update", torch.device("cpu"))
+        implementation("kv_update", torch.device("cpu"))
 
 
 def test_launchers_name_the_tensor_that_does_not_fit() -> None:
     inputs = list(_attention_case(0, ATTENTION_SHAPES[0], torch.float32))
     inputs[3] = inputs[3][..., :-1]  # context_old one column short
-    attention = kernel("saliency_attention", DEVICE, "triton")
     with pytest.raises(ValueError, match=r"context_old must have shape \(1, 5, 16\)"):
-        attention(*inputs)
+        saliency_attention(*inputs, backend="triton")
     key_rows, value_rows, cos, sin, rows, key_cache, value_cache = _kv_case(
         0, KV_SHAPES[0], torch.float32
     )
-    update = kernel("kv_update", DEVICE, "triton")
+    update = partial(kv_update, backend="triton")
     with pytest.raises(ValueError, match=r"value_rows must be torch\.float32"):
         update(key_rows, value_rows.half(), cos, sin, rows, key_cache, value_cache, True)
     with pytest.raises(ValueError, match="key_rows must be contiguous in its last dimension"):

@@ -71,10 +71,22 @@ def configurations(dtype: str) -> list[tuple[Callable, dict[str, str], dict, int
     row_pointers = dict.fromkeys(
         ("hidden_ptr", "weight_ptr", "normed_ptr", "gate_ptr", "up_ptr", "out_ptr", "rows_ptr"),
         dtype,
-    ) | {"batch_index_ptr": "i64", "slot_ptr": "i64", "position_ptr": "i64", "target_ptr": dtype}
+    ) | {
+        "batch_index_ptr": "i64",
+        "slot_ptr": "i64",
+        "position_ptr": "i64",
+        "valid_ptr": "u8",
+        "target_ptr": dtype,
+    }
     kv_pointers = dict.fromkeys(
         ("key_rows_ptr", "value_rows_ptr", "key_cache_ptr", "value_cache_ptr", "delta_ptr"), dtype
-    ) | {"cos_ptr": "fp32", "sin_ptr": "fp32", "batch_index_ptr": "i64", "position_ptr": "i64"}
+    ) | {
+        "cos_ptr": "fp32",
+        "sin_ptr": "fp32",
+        "batch_index_ptr": "i64",
+        "position_ptr": "i64",
+        "valid_ptr": "u8",
+    }
     row_tiles = {"BLOCK_ROWS": 4, "BLOCK_COLUMNS": 1024}
     return [
         (attention._saliency_attention_kernel, attention_pointers, attention_constants, 8),

@@ -106,6 +106,8 @@ class SaliencyDenoiser(Denoiser):
             outcome = step.finish()
             if not outcome.overflow:
                 break
+            if not guessed:
+                raise ValueError(self._budget_broken(ctx, query_rows.count, outcome, capacities))
             step.undo()
             self.cache.restore_written(written)
             self.capacity_retries += 1
@@ -116,6 +118,23 @@ class SaliencyDenoiser(Denoiser):
             ctx.step, batch * length, query_rows.index.numel(), outcome.refreshed, outcome.selected
         )
         return logits
+
+    def _budget_broken(
+        self, ctx: StepContext, query_count: int, outcome: StepOutcome, capacities: list[int]
+    ) -> str:
+        layer = next(
+            index
+            for index, (needed, room) in enumerate(
+                zip(outcome.most_per_sequence, capacities, strict=True)
+            )
+            if needed > room
+        )
+        return (
+            f"policy {self.policy.name!r} picked {outcome.most_per_sequence[layer]} rows of a "
+            f"sequence at layer {layer} of step {ctx.step}, more than its row_budget allows "
+            f"({capacities[layer]} of {query_count} query rows); row_budget must bound what "
+            "rows_to_refresh and select return at that layer (or return None)"
+        )
 
     def _checked_plan(self, plan: StepPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         name = self.policy.name

@@ -56,7 +56,9 @@ class LayerAdaptive(DyLLMSchedule):
     def row_budget(self, step: StepContext, layer: int, query_count: int) -> int | None:
         if self.budgets is None:
             return None
-        return fraction_of(query_count, self.budgets[layer])
+        # the layer refreshes what the previous layer selected, and selects its own budget
+        fractions = self.budgets[max(layer - 1, 0) : layer + 1]
+        return max(fraction_of(query_count, fraction) for fraction in fractions)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "taus": self.taus, "budgets": self.budgets}

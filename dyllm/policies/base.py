@@ -122,8 +122,9 @@ class SaliencyPolicy(ABC):
 
         With a bound the engine sizes that layer's gathered work to it exactly. Without one it
         guesses from the previous step and, should a layer select more, runs the step again
-        with room for every query row, so the answer never depends on the guess. Layer 0's
-        refresh set defaults to the plan's `refresh`, whose size the engine knows.
+        with room for every query row, so the answer never depends on the guess (the policy is
+        then asked again about that step's layers). Layer 0's refresh set defaults to the plan's
+        `refresh`, whose size the engine knows. A budget that a layer exceeds is an error.
         """
         return None
 
