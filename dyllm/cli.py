@@ -1,22 +1,31 @@
-"""The `dyllm` command line: `generate` text, `info` on a checkpoint, draw a `trace`, `bench`.
+"""The `dyllm` command line: `generate` text, `info` on a checkpoint, draw a `trace`, `bench`,
+list the registered `policies`.
 
 Every option keeps the name the reference samplers use (`--steps`, `--gen-length`,
 `--block-length`, `--remasking`, `--alg`, ...). Options left unset are not passed on, so the
 checkpoint's generation_config.json and the family's defaults apply. Bad input ends with one line
 on stderr saying what to change and exit status 2, never a traceback.
+
+Policies come from the registry (`dyllm.policies.registry`): `--policy NAME[:KEY=VALUE,...]` and
+`--policy-arg KEY=VALUE` for generate, `--method` for bench, with `--plugin` (or DYLLM_PLUGINS) to
+load a user's own; this file names no policy and no policy parameter.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from dyllm.models.config import ConfigError
 from dyllm.models.loader import CheckpointError
-from dyllm.policies.registry import POLICY_NAMES
+from dyllm.policies import SaliencyPolicy
+from dyllm.policies.arguments import parse_policy_text
+from dyllm.policies.plugins import PLUGINS_VARIABLE, load_plugins, plugin_sources
+from dyllm.policies.registry import BuildContext, build_policy, policy_names, registered_policy
 from dyllm.reference.registry import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model_path
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, CheckpointError, ConfigError, KeyError)
@@ -76,33 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy = generate.add_argument_group("saliency policy (which rows each step recomputes)")
     policy.add_argument(
-        "--policy", choices=POLICY_NAMES, default="dense", help="default dense (reference cost)"
-    )
-    policy.add_argument("--tau", type=float, help="dyllm: cosine threshold (LLaDA .99, Dream .995)")
-    policy.add_argument("--k", type=float, help="topk: rows per layer, or a fraction below 1")
-    policy.add_argument(
-        "--target-fraction",
-        type=float,
-        help="adaptive: calibrate per-layer taus on the prompts to recompute this share of rows",
+        "--policy",
+        default="dense",
+        metavar="NAME[:KEY=VALUE,...]",
+        help=f"a registered policy ({', '.join(policy_names())}, or a plugin's); default dense "
+        "(reference cost); `dyllm policies` lists each one's parameters",
     )
     policy.add_argument(
-        "--prompt-interval", type=int, help="dllm-cache: refresh the prompt every N steps (100)"
+        "--policy-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the policy, repeatable (e.g. tau=0.99, k=0.25, target_fraction=0.2)",
     )
-    policy.add_argument(
-        "--gen-interval", type=int, help="dllm-cache: refresh the response every N steps (7)"
-    )
-    policy.add_argument(
-        "--transfer-ratio",
-        type=float,
-        help="dllm-cache: share of response rows updated per layer between refreshes (0.25)",
-    )
-    policy.add_argument("--warmup-steps", type=int, help="dense steps first (default 4)")
-    policy.add_argument(
-        "--prompt-refresh-every", type=int, help="whole-sequence query step period (default 4)"
-    )
-    policy.add_argument(
-        "--attention", choices=("approximate", "frozen"), help="non-refreshed rows' attention"
-    )
+    _add_plugin_flag(policy)
     policy.add_argument("--trace", type=Path, help="write per-step, per-layer fractions to a JSON")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -117,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     trace.set_defaults(run=_run_trace)
 
     _add_bench(commands)
+
+    policies = commands.add_parser(
+        "policies", help="list the registered policies and their parameters"
+    )
+    _add_plugin_flag(policies)
+    policies.set_defaults(run=_run_policies)
 
     info = commands.add_parser("info", help="describe a checkpoint folder without loading it")
     info.add_argument("model", help="checkpoint folder (or a built-in model name)")
@@ -139,6 +141,7 @@ def _add_bench(commands) -> None:
         action="append",
         help="NAME[:KEY=VALUE,...], repeatable, e.g. dyllm:tau=0.99 (default: the full grid)",
     )
+    _add_plugin_flag(bench)
     bench.add_argument(
         "--tokens-per-step",
         type=int,
@@ -185,11 +188,37 @@ def _add_bench(commands) -> None:
     bench.set_defaults(run=_run_bench)
 
 
+def _add_plugin_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help=f"import a module that registers policies, repeatable (also ${PLUGINS_VARIABLE}, "
+        f"separated by {os.pathsep!r})",
+    )
+
+
+def _load_plugins(args: argparse.Namespace) -> None:
+    load_plugins(plugin_sources(args.plugin))
+
+
+def _run_policies(args: argparse.Namespace) -> int:
+    _load_plugins(args)
+    for name in policy_names():
+        entry = registered_policy(name)
+        print(f"{name}: {entry.summary}" if entry.summary else name)
+        for parameter in entry.parameters:
+            print(f"    {parameter.describe()}")
+    return 0
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from dyllm.bench import BenchSettings, draw_curves, format_table, parse_method, run_benchmark
     from dyllm.bench.headline import format_headline
     from dyllm.reference.tasks import TASK_NAMES
 
+    _load_plugins(args)
     model = args.model or DEFAULT_MODEL
     settings = BenchSettings(
         model=model,
@@ -256,6 +285,7 @@ def _read_prompts(args: argparse.Namespace) -> list:
 def _run_generate(args: argparse.Namespace) -> int:
     import dyllm
 
+    _load_plugins(args)
     prompts = _read_prompts(args)
     model = dyllm.load(resolve_model(args.model), device=args.device, dtype=args.dtype)
     options = {name: getattr(args, name) for name in SAMPLER_OPTIONS}
@@ -301,36 +331,14 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policy(args: argparse.Namespace, model, prompts: list, options: dict):
-    """The policy the flags name; `adaptive` is calibrated on the prompts themselves."""
-    from dyllm.engine import calibrate_taus
-    from dyllm.policies.registry import make_policy
-
-    schedule = {
-        "warmup_steps": args.warmup_steps,
-        "prompt_refresh_every": args.prompt_refresh_every,
-        "attention": args.attention,
-    }
-    dllm_cache = {
-        "prompt_interval": args.prompt_interval,
-        "gen_interval": args.gen_interval,
-        "transfer_ratio": args.transfer_ratio,
-    }
-    if args.policy == "adaptive":
-        given = sorted(
-            "--" + key.replace("_", "-") for key, v in dllm_cache.items() if v is not None
-        )
-        if given:
-            raise ValueError(f"--policy adaptive takes no {', '.join(given)}")
-        if args.target_fraction is None:
-            raise ValueError("--policy adaptive needs --target-fraction (e.g. 0.2)")
-        schedule = {key: value for key, value in schedule.items() if value is not None}
-        return calibrate_taus(model, prompts, args.target_fraction, **schedule, **options)
-    if args.target_fraction is not None:
-        raise ValueError("--target-fraction applies to --policy adaptive only")
-    return make_policy(
-        args.policy, model.config.family, tau=args.tau, k=args.k, **schedule, **dllm_cache
+def _policy(args: argparse.Namespace, model, prompts: list, options: dict) -> SaliencyPolicy:
+    """The policy `--policy` and `--policy-arg` name; a builder that calibrates (adaptive with
+    target_fraction) gets the model, the prompts themselves and the generation options."""
+    name, params = parse_policy_text(args.policy, args.policy_arg)
+    context = BuildContext(
+        family=model.config.family, model=model, prompts=prompts, generation_options=options
     )
+    return build_policy(name, params, context)
 
 
 def _run_trace(args: argparse.Namespace) -> int:

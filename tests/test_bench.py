@@ -188,12 +188,35 @@ def test_default_grid_covers_every_strategy() -> None:
         ("dyllm:tau", "parameters are KEY=VALUE"),
         ("dyllm:tau=high", "tau must be a number"),
         ("fastdllm", "unknown policy 'fastdllm'"),
-        ("adaptive", "needs target_fraction"),
+        ("topk:q=3", "takes no q; its parameters: k: int | float, warmup_steps"),
+        ("dense:tau=0.9", "takes no tau: it has no parameters"),
+        ("dyllm:attention=exact", "attention must be one of 'approximate', 'frozen'"),
     ],
 )
 def test_bad_method_specs_are_refused(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_method(text)
+
+
+def test_method_parameters_are_read_through_the_policy_type_hints() -> None:
+    method = parse_method("adaptive:taus=0.9,0.95,warmup_steps=2,attention=frozen")
+    assert method.params == (("taus", [0.9, 0.95]), ("warmup_steps", 2), ("attention", "frozen"))
+    assert method.label == "adaptive taus=0.9:0.95 warmup_steps=2 attention=frozen"
+    assert parse_method("topk:k=3").params == (("k", 3),)  # an int: a row count
+    assert parse_method("topk:k=0.25").params == (("k", 0.25),)  # a float: a fraction
+
+
+def test_a_method_that_cannot_be_built_fails_before_anything_is_measured(
+    tmp_path: Path, capsys
+) -> None:
+    """adaptive needs a target fraction, taus or budgets; every policy is built (and adaptive
+    calibrated) before the first measurement, so the error comes at once."""
+    argv = ["bench", "--method", "adaptive", "--tasks", "mul3", "--problems-per-task", "1"]
+    code = main([*argv, "--no-plot", "--quiet", "--out-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "the adaptive policy needs one of target_fraction" in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_tokens_per_step_must_fit_the_blocks() -> None:

@@ -1,12 +1,12 @@
 """Measure one method under one decoding setting over the benchmark's batches.
 
-Order of work per (method, decoding):
+Order of work per (method, decoding), with the method's policy built once beforehand
+(`dyllm.bench.runner`, which also calibrates a policy that asks for it):
 
-1. build the policy (adaptive: calibrate it on training-stream prompts);
-2. warm-up: one generation of the first batch, discarded;
-3. profile: the first batch again, with peak memory and per-step times recorded (kept out of
+1. warm-up: one generation of the first batch, discarded;
+2. profile: the first batch again, with peak memory and per-step times recorded (kept out of
    the timed runs, whose clocks nothing else touches);
-4. `repeats` timed passes over every batch; throughput is each pass's generated tokens over its
+3. `repeats` timed passes over every batch; throughput is each pass's generated tokens over its
    denoising-loop seconds, and the reported figure is the median pass. Answers, NFE and recompute
    fractions come from the first pass (greedy decoding repeats them exactly).
 """
@@ -25,6 +25,7 @@ from dyllm.bench.methods import MethodSpec
 from dyllm.bench.timing import StepTimes
 from dyllm.engine import generate
 from dyllm.generation import GenerationResult
+from dyllm.policies import SaliencyPolicy
 from dyllm.reference.scoring import score_predictions
 from dyllm.reference.tasks import Problem
 
@@ -37,22 +38,26 @@ class Workload:
     options: dict[str, Any]
     """gen_length, block_length, seed (the decoding adds steps or threshold)."""
     calibration_prompts: list[str]
+    """Prompts a policy that calibrates on the model is built on (never the scored ones)."""
     repeats: int
     check_invariants: bool
 
 
 def measure(
-    model: torch.nn.Module, method: MethodSpec, decoding: Decoding, workload: Workload
+    model: torch.nn.Module,
+    method: MethodSpec,
+    policy: SaliencyPolicy,
+    decoding: Decoding,
+    workload: Workload,
 ) -> dict[str, Any]:
-    """One result row (see `dyllm.bench.schema.RUN_KEYS`), speed-ups not yet filled in."""
+    """One result row (see `dyllm.bench.schema.RUN_KEYS`), speed-ups not yet filled in.
+
+    policy: `method` built (`MethodSpec.build`).
+    """
     options = {
         **workload.options,
         **decoding.options(workload.options["gen_length"], workload.options["block_length"]),
     }
-    # adaptive calibrates at one token per step: fewer steps (nu = 4, threshold decoding) can
-    # leave no sparse step after the warm-up to read cosines from
-    calibration_options = {**workload.options, "steps": workload.options["gen_length"]}
-    policy = method.build(model, workload.calibration_prompts, calibration_options)
     first_prompts = [problem.prompt for problem in workload.batches[0]]
 
     def run(prompts: list[str], times: StepTimes | None = None) -> GenerationResult:
@@ -84,7 +89,7 @@ def measure(
     return {
         "method": method.to_dict(),
         "decoding": decoding.to_dict(),
-        "policy": None if policy is None else policy.describe(),
+        "policy": policy.describe(),
         "exact_match": score.overall.exact_match,
         "token_accuracy": score.overall.token_accuracy,
         "per_task": {name: s.to_dict() for name, s in score.per_task.items()},

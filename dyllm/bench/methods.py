@@ -1,11 +1,16 @@
-"""Methods a benchmark compares: a policy name from the registry and its parameters.
+"""Methods a benchmark compares: a registered policy name and its parameters.
 
 On the command line a method is `NAME[:KEY=VALUE,...]`, e.g. `dense`, `dyllm:tau=0.99`,
-`topk:k=0.25`, `adaptive:target_fraction=0.25`, `dllm-cache:gen_interval=7`. `adaptive` is
-calibrated (`dyllm.engine.calibrate_taus`) on prompts from the training stream, never on the
-held-out problems it is scored on, at one token per step; the per-layer taus found there serve every
-decoding setting (with 4 tokens per step or threshold decoding a 24-token answer takes too few
-steps to leave a sparse step after the 4 warm-up steps).
+`topk:k=0.25`, `adaptive:target_fraction=0.25`, `dllm-cache:gen_interval=7`, or any policy a
+plugin registers (`--plugin my_policy.py --method mine:knob=3`). Names and parameters are the
+policy registry's (`dyllm.policies.registry`), read through the policy's type hints, so a bad
+method is refused before the benchmark starts, with the valid parameters named.
+
+A policy whose builder asks for the model and prompts (`adaptive` with `target_fraction`
+calibrates per-layer taus) is built on prompts from the training stream, never on the held-out
+problems it is scored on, at one token per step: the policy built there serves every decoding
+setting (with 4 tokens per step or threshold decoding a 24-token answer takes too few steps to
+leave a sparse step after 4 warm-up steps).
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dyllm.engine import calibrate_taus
 from dyllm.policies import SaliencyPolicy
-from dyllm.policies.registry import POLICY_NAMES, make_policy
+from dyllm.policies.arguments import format_value, parse_policy_text
+from dyllm.policies.registry import BuildContext, registered_policy
 
-INTEGER_PARAMS = ("prompt_interval", "gen_interval", "warmup_steps", "prompt_refresh_every")
-ADAPTIVE_PARAM = "target_fraction"
+BASELINE = "dense"
+"""The method every speed-up is measured against (the reference full forward)."""
 
 DEFAULT_TAUS = {"llada": (0.98, 0.99, 0.995), "dream": (0.99, 0.995, 0.9975)}
 """DyLLM's tau grid per family: the paper's two settings and one looser point."""
@@ -27,66 +32,49 @@ DEFAULT_TAUS = {"llada": (0.98, 0.99, 0.995), "dream": (0.99, 0.995, 0.9975)}
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One point set of the benchmark: `policy` (a registry name) with `params`."""
+    """One point set of the benchmark: `policy` (a registered name) with `params`."""
 
     policy: str
-    params: tuple[tuple[str, float | int], ...] = ()
+    params: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICY_NAMES:
-            raise ValueError(
-                f"unknown policy {self.policy!r} in a benchmark method; choose one of "
-                f"{', '.join(POLICY_NAMES)}"
-            )
-        if self.policy == "adaptive" and ADAPTIVE_PARAM not in dict(self.params):
-            raise ValueError(
-                "the adaptive method needs target_fraction (e.g. adaptive:target_fraction=0.25)"
-            )
+        registered_policy(self.policy).arguments(dict(self.params))  # refuses unknown names
 
     @property
     def label(self) -> str:
         """`dyllm tau=0.99`: the policy name and its parameters, as tables and plots show it."""
-        if not self.params:
-            return self.policy
-        return self.policy + " " + " ".join(f"{key}={value:g}" for key, value in self.params)
+        return " ".join(
+            [self.policy, *(f"{key}={format_value(value)}" for key, value in self.params)]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "policy": self.policy, "params": dict(self.params)}
 
     def build(
         self, model, calibration_prompts: Sequence[Any], options: dict[str, Any]
-    ) -> SaliencyPolicy | None:
-        """The policy to run, or None for `dense` (the reference forward, no saliency engine).
+    ) -> SaliencyPolicy:
+        """The policy to run (`dense`: `Dense()`, which `generate` runs as the full forward).
 
-        options: the generation options of adaptive's calibration run.
+        calibration_prompts, options: the prompts and generation options a builder that
+        calibrates on the model receives (its `prompts` and `generation_options`).
         """
-        params = dict(self.params)
-        if self.policy == "dense":
-            make_policy("dense", model.config.family, **params)  # refuses stray parameters
-            return None
-        if self.policy == "adaptive":
-            target = float(params.pop(ADAPTIVE_PARAM))
-            return calibrate_taus(model, list(calibration_prompts), target, **params, **options)
-        return make_policy(self.policy, model.config.family, **params)
+        context = BuildContext(
+            family=model.config.family,
+            model=model,
+            prompts=list(calibration_prompts),
+            generation_options=options,
+        )
+        return registered_policy(self.policy).build(dict(self.params), context)
 
 
 def parse_method(text: str) -> MethodSpec:
     """`NAME[:KEY=VALUE,...]` -> MethodSpec; a ValueError says what is malformed."""
-    name, _, rest = text.strip().partition(":")
-    params: list[tuple[str, float | int]] = []
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, equals, value = item.partition("=")
-        if not equals or not key or not value:
-            raise ValueError(
-                f"method {text!r}: parameters are KEY=VALUE separated by commas, "
-                "e.g. dyllm:tau=0.99"
-            )
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"method {text!r}: {key} must be a number, got {value!r}") from None
-        params.append((key.strip(), int(number) if key.strip() in INTEGER_PARAMS else number))
-    return MethodSpec(name, tuple(params))
+    try:
+        name, raw = parse_policy_text(text)
+        params = registered_policy(name).arguments(raw)
+    except ValueError as error:
+        raise ValueError(f"method {text!r}: {error}") from None
+    return MethodSpec(name, tuple(params.items()))
 
 
 def default_methods(family: str) -> list[MethodSpec]:
@@ -97,10 +85,10 @@ def default_methods(family: str) -> list[MethodSpec]:
     """
     taus = DEFAULT_TAUS.get(family, DEFAULT_TAUS["llada"])
     return [
-        MethodSpec("dense"),
+        MethodSpec(BASELINE),
         *(MethodSpec("dyllm", (("tau", tau),)) for tau in taus),
         MethodSpec("topk", (("k", 0.25),)),
-        MethodSpec("adaptive", ((ADAPTIVE_PARAM, 0.25),)),
+        MethodSpec("adaptive", (("target_fraction", 0.25),)),
         MethodSpec("fast-prefix"),
         MethodSpec("fast-dual"),
         MethodSpec("dllm-cache"),

@@ -23,7 +23,7 @@ from dyllm.bench.decoding import DEFAULT_THRESHOLDS, DEFAULT_TOKENS_PER_STEP, de
 from dyllm.bench.headline import headline
 from dyllm.bench.machine import describe_machine
 from dyllm.bench.measure import Workload, measure
-from dyllm.bench.methods import MethodSpec, default_methods
+from dyllm.bench.methods import BASELINE, MethodSpec, default_methods
 from dyllm.bench.schema import SCHEMA_VERSION, check_report
 from dyllm.reference.evaluate import default_gen_length
 from dyllm.reference.tasks import HELDOUT_PER_TASK, TASK_NAMES, heldout_problems, training_stream
@@ -115,9 +115,9 @@ def run_benchmark(
     for decoding in decodings:  # refuse a bad nu before the first minute is spent
         decoding.options(gen_length, settings.block_length)
     methods = settings.methods or default_methods(family)
-    methods = sorted(methods, key=lambda method: method.policy != "dense")
-    if methods[0].policy != "dense":
-        methods.insert(0, MethodSpec("dense"))
+    methods = sorted(methods, key=lambda method: method.policy != BASELINE)
+    if methods[0].policy != BASELINE:
+        methods.insert(0, MethodSpec(BASELINE))
     workload = Workload(
         batches=select_batches(settings.tasks, settings.problems_per_task, settings.batch_size),
         options={
@@ -131,11 +131,18 @@ def run_benchmark(
         repeats=settings.repeats,
         check_invariants=settings.check_invariants,
     )
+    # every policy is built before the first measurement, so a bad method fails at once; one
+    # that calibrates does so at one token per step (fewer steps, nu = 4 or threshold decoding,
+    # can leave no sparse step after the warm-up to read from) and serves every decoding
+    calibration_options = {**workload.options, "steps": gen_length}
+    policies = [
+        method.build(model, workload.calibration_prompts, calibration_options) for method in methods
+    ]
     runs = []
     for decoding in decodings:
-        for method in methods:
+        for method, policy in zip(methods, policies, strict=True):
             began = time.perf_counter()
-            row = measure(model, method, decoding, workload)
+            row = measure(model, method, policy, decoding, workload)
             runs.append(row)
             log(
                 f"{method.label:<30} {decoding.label:<14} exact {row['exact_match']:.3f} "
@@ -174,7 +181,7 @@ def _fill_speedups(runs: list[dict[str, Any]]) -> None:
     dense = {
         run["decoding"]["label"]: run["tokens_per_second"]
         for run in runs
-        if run["method"]["policy"] == "dense"
+        if run["method"]["policy"] == BASELINE
     }
     baseline = dense.get("nu=1")
     for run in runs:

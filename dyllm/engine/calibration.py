@@ -3,11 +3,15 @@
 The run uses top-k at each layer's target fraction and records the context cosines every layer
 saw on its sparse steps; each layer's tau is then the quantile that would have selected the
 target fraction of that layer's query rows. Use the generation settings you will deploy.
+
+`adaptive_policy` is the registry's `adaptive`: LayerAdaptive with the per-layer taus or budgets
+given, or with taus calibrated here (`target_fraction`) on the model and prompts the caller passes.
+It is registered here because calibration needs the engine, which policies/ may not import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +22,7 @@ from dyllm.generation.step import StepContext
 from dyllm.models import DiffusionTransformer
 from dyllm.policies import AttentionSignals, LayerAdaptive, TopK
 from dyllm.policies.base import AttentionMode
+from dyllm.policies.registry import register_policy
 from dyllm.policies.topk import fraction_of, least_similar
 
 
@@ -84,3 +89,53 @@ class CosineRecorder(TopK):
 
     def row_budget(self, step: StepContext, layer: int, query_count: int) -> int:
         return fraction_of(query_count, self.targets[layer])
+
+
+@register_policy("adaptive")
+def adaptive_policy(
+    target_fraction: float | Sequence[float] | None = None,
+    taus: Sequence[float] | None = None,
+    budgets: Sequence[float] | None = None,
+    warmup_steps: int = 4,
+    prompt_refresh_every: int = 4,
+    attention: AttentionMode = "approximate",
+    model: DiffusionTransformer | None = None,
+    prompts: PromptInput | None = None,
+    generation_options: Mapping[str, Any] | None = None,
+) -> LayerAdaptive:
+    """Per-layer taus or budgets, or taus calibrated on the prompts to recompute target_fraction.
+
+    model, prompts, generation_options: filled by the caller (the command line: the prompts being
+    generated; the benchmark: its calibration prompts), used only with `target_fraction`.
+    """
+    given = [
+        name
+        for name, value in (
+            ("target_fraction", target_fraction),
+            ("taus", taus),
+            ("budgets", budgets),
+        )
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise ValueError(
+            "the adaptive policy needs one of target_fraction (calibrated on the prompts, e.g. "
+            "target_fraction=0.25), taus or budgets (one per layer)"
+            + (f"; got {' and '.join(given)}" if given else "")
+        )
+    if target_fraction is None:
+        return LayerAdaptive(taus, budgets, warmup_steps, prompt_refresh_every, attention)
+    if model is None or prompts is None:
+        raise ValueError(
+            "adaptive with target_fraction calibrates on a model and prompts: call "
+            "dyllm.engine.calibrate_taus(model, prompts, target_fraction) in Python"
+        )
+    return calibrate_taus(
+        model,
+        prompts,
+        target_fraction,
+        warmup_steps,
+        prompt_refresh_every,
+        attention,
+        **(generation_options or {}),
+    )
