@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from dyllm.cache import CacheManager
-from dyllm.engine.sparse_step import QueryRows, SparseStep, StepOutcome
+from dyllm.engine.sparse_step import Capacities, QueryRows, SparseStep, StepOutcome
 from dyllm.engine.statistics import RecomputeStatistics
 from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.step import StepContext
@@ -89,29 +89,23 @@ class SaliencyDenoiser(Denoiser):
         # (ascending) query positions, starting after the queries left of the window
         first_slot = (query_rows.index < ctx.logit_start).sum(dim=1, keepdim=True)  # [B, 1]
         logit_rows = first_slot + torch.arange(ctx.logit_end - ctx.logit_start, device=x.device)
-        capacities, guessed = self._capacities(ctx, query_rows.count, most_refreshed)
-        written = self.cache.written_state() if guessed else []
+        capacities = self._capacities(ctx, query_rows.count, most_refreshed)
+        written = self.cache.written_state() if capacities.guessed else []
         while True:
             step = SparseStep(
-                self.model,
-                self.cache,
-                self.policy,
-                ctx,
-                query_rows,
-                refresh & queries,
-                capacities,
-                keep_undo=guessed,
+                self.model, self.cache, self.policy, ctx, query_rows, refresh & queries, capacities
             )
             logits = step.run(x, logit_rows)  # [B, W, V]
             outcome = step.finish()
-            if not outcome.overflow:
+            layer = outcome.overflowing_layer(capacities)
+            if layer is None:
                 break
-            if not guessed:
-                raise ValueError(self._budget_broken(ctx, query_rows.count, outcome, capacities))
+            if not capacities.guessed:
+                raise ValueError(self._budget_broken(ctx, layer, outcome, capacities))
             step.undo()
             self.cache.restore_written(written)
             self.capacity_retries += 1
-            capacities, guessed = [query_rows.count] * len(capacities), False
+            capacities = Capacities.every_query(len(capacities.select), query_rows.count)
         self._remember(outcome, query_rows.count)
         batch, length = x.shape
         self.statistics.record_sparse(
@@ -120,20 +114,14 @@ class SaliencyDenoiser(Denoiser):
         return logits
 
     def _budget_broken(
-        self, ctx: StepContext, query_count: int, outcome: StepOutcome, capacities: list[int]
+        self, ctx: StepContext, layer: int, outcome: StepOutcome, capacities: Capacities
     ) -> str:
-        layer = next(
-            index
-            for index, (needed, room) in enumerate(
-                zip(outcome.most_per_sequence, capacities, strict=True)
-            )
-            if needed > room
-        )
+        picked = max(outcome.most_refreshed[layer], outcome.most_selected[layer])
+        room = max(capacities.refresh[layer], capacities.select[layer])
         return (
-            f"policy {self.policy.name!r} picked {outcome.most_per_sequence[layer]} rows of a "
-            f"sequence at layer {layer} of step {ctx.step}, more than its row_budget allows "
-            f"({capacities[layer]} of {query_count} query rows); row_budget must bound what "
-            "rows_to_refresh and select return at that layer (or return None)"
+            f"policy {self.policy.name!r} picked {picked} rows of a sequence at layer {layer} "
+            f"of step {ctx.step}, more than its row_budget allows ({room}); row_budget must "
+            "bound what rows_to_refresh and select return at that layer (or return None)"
         )
 
     def _checked_plan(self, plan: StepPlan, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,20 +168,27 @@ class SaliencyDenoiser(Denoiser):
         span = (first, first + count) if one_span and count else None
         return QueryRows(queries, order[:, :count], span), most_refreshed
 
-    def _capacities(
-        self, ctx: StepContext, query_count: int, most_refreshed: int
-    ) -> tuple[list[int], bool]:
-        """Rows per sequence each layer can hold, and whether any of them is a guess."""
-        capacities, guessed = [], False
-        for layer in range(self.model.config.num_layers):
+    def _capacities(self, ctx: StepContext, query_count: int, most_refreshed: int) -> Capacities:
+        """Rows per sequence each layer's refresh set and selection can hold.
+
+        A policy that keeps the default `rows_to_refresh` refreshes at layer l what it selected
+        at layer l - 1 (layer 0: the plan's rows, `most_refreshed` of them at most), so its
+        refresh capacities follow its selection capacities exactly; any other policy's
+        `row_budget` bounds both sets.
+        """
+        layers = self.model.config.num_layers
+        select, guessed = [], False
+        for layer in range(layers):
             budget = self.policy.row_budget(ctx, layer, query_count)
             if budget is None:
                 budget = self._guess(layer, query_count)
                 guessed = guessed or budget < query_count
-            if layer == 0:
-                budget = max(budget, most_refreshed)  # layer 0 refreshes the plan's rows
-            capacities.append(min(max(int(budget), 0), query_count))
-        return capacities, guessed
+            select.append(min(max(int(budget), 0), query_count))
+        if _refreshes_what_it_selected(self.policy):
+            refresh = [most_refreshed, *select[:-1]]
+        else:
+            refresh = [max(select[0], most_refreshed), *select[1:]]
+        return Capacities(refresh, select, guessed)
 
     def _guess(self, layer: int, query_count: int) -> int:
         """A capacity from what the previous sparse step needed (every row before there is one)."""
@@ -203,7 +198,8 @@ class SaliencyDenoiser(Denoiser):
         return min(rows, query_count)
 
     def _remember(self, outcome: StepOutcome, query_count: int) -> None:
-        self._needed_fraction = [most / max(query_count, 1) for most in outcome.most_per_sequence]
+        needed = map(max, outcome.most_refreshed, outcome.most_selected)
+        self._needed_fraction = [most / max(query_count, 1) for most in needed]
 
     def extra_stats(self) -> dict[str, Any]:
         stats = self.statistics.summary()
@@ -211,3 +207,8 @@ class SaliencyDenoiser(Denoiser):
         stats["cache_bytes"] = 0 if self.cache is None else self.cache.nbytes
         stats["capacity_retries"] = self.capacity_retries
         return stats
+
+
+def _refreshes_what_it_selected(policy: SaliencyPolicy) -> bool:
+    """Whether `policy` keeps the default `rows_to_refresh` (the previous layer's selection)."""
+    return type(policy).rows_to_refresh is SaliencyPolicy.rows_to_refresh

@@ -97,17 +97,40 @@ class _Undo:
 
 
 @dataclass(frozen=True)
+class Capacities:
+    """Rows per sequence each layer's refresh set and selection can hold."""
+
+    refresh: list[int]
+    select: list[int]
+    guessed: bool
+    """Some capacity is a guess (a layer may need more: keep what the step overwrites)."""
+
+    @classmethod
+    def every_query(cls, layers: int, query_count: int) -> Capacities:
+        return cls([query_count] * layers, [query_count] * layers, guessed=False)
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """Read back once at the end of a sparse step."""
 
-    overflow: bool
-    """Some layer selected more rows per sequence than its capacity."""
     refreshed: list[int]
     """Rows refreshed (K/V + exact attention) per layer, summed over the batch."""
     selected: list[int]
     """Rows through the FFN per layer, summed over the batch."""
-    most_per_sequence: list[int]
-    """Per layer, the most rows one sequence needed (refreshed or selected)."""
+    most_refreshed: list[int]
+    """Per layer, the most rows one sequence refreshed."""
+    most_selected: list[int]
+    """Per layer, the most rows one sequence selected."""
+
+    def overflowing_layer(self, capacities: Capacities) -> int | None:
+        """The first layer whose rows did not fit its capacities, or None."""
+        for layer, (refreshed, selected) in enumerate(
+            zip(self.most_refreshed, self.most_selected, strict=True)
+        ):
+            if refreshed > capacities.refresh[layer] or selected > capacities.select[layer]:
+                return layer
+        return None
 
 
 @dataclass
@@ -121,10 +144,7 @@ class SparseStep:
     queries: QueryRows
     incoming: torch.Tensor
     """Bool [B, L]: rows refreshed entering the current layer (layer 0: the plan's `refresh`)."""
-    capacities: list[int]
-    """Rows per sequence each layer's refresh and selection sets can hold."""
-    keep_undo: bool
-    """Keep what each layer overwrites (needed when a capacity was guessed)."""
+    capacities: Capacities
     cos: torch.Tensor = field(init=False)
     sin: torch.Tensor = field(init=False)
     _device_counts: list[torch.Tensor] = field(default_factory=list, init=False)
@@ -149,13 +169,13 @@ class SparseStep:
 
     def finish(self) -> StepOutcome:
         """The step's counts and overflow flag: the one read back to the host (one sync)."""
-        layers = len(self.capacities)
+        layers = len(self.capacities.select)
         values = torch.stack(self._device_counts).view(layers, 4).tolist()
         return StepOutcome(
-            overflow=any(row[3] for row in values),
             refreshed=[row[0] for row in values],
             selected=[row[1] for row in values],
-            most_per_sequence=[row[2] for row in values],
+            most_refreshed=[row[2] for row in values],
+            most_selected=[row[3] for row in values],
         )
 
     def undo(self) -> None:
@@ -174,7 +194,9 @@ class SparseStep:
     def _layer(self, layer: DecoderLayer, index: int, h: torch.Tensor) -> torch.Tensor:
         """One layer over the query rows' hidden states h [B, Q, d]."""
         cache, queries, buffers = self.cache, self.queries, self.cache[index]
-        capacity = self.capacities[index]
+        refresh_capacity = self.capacities.refresh[index]
+        select_capacity = self.capacities.select[index]
+        keep_undo = self.capacities.guessed
         undo = _Undo()
         self._undo.append(undo)
         normed = layer.attn_norm(h)
@@ -192,12 +214,12 @@ class SparseStep:
         refresh = refresh & queries.mask
 
         # 1. K/V of the refreshed rows (slots among the queries), RoPE, cache write, dV
-        refreshed = PaddedRows.from_mask(refresh.gather(1, queries.index), capacity)
+        refreshed = PaddedRows.from_mask(refresh.gather(1, queries.index), refresh_capacity)
         slots = refreshed.flat()
         canvas_rows = FlatRows(
             slots.batch_index, queries.index[slots.batch_index, slots.position], slots.valid
         )
-        if self.keep_undo:
+        if keep_undo:
             undo.kv_rows = canvas_rows
             undo.old_key = buffers.key[canvas_rows.batch_index, :, canvas_rows.position]
             undo.old_value = buffers.value[canvas_rows.batch_index, :, canvas_rows.position]
@@ -219,7 +241,7 @@ class SparseStep:
         cache.assert_written(index, "key", self.step.attention_mask)
         cache.assert_written(index, "context", queries.mask & ~refresh)
         context_old = queries.read(buffers.context)
-        if self.keep_undo:
+        if keep_undo:
             undo.old_context = context_old.clone()
         batch, kv_heads, head_dim = h.shape[0], layer.config.num_kv_heads, layer.config.head_dim
         delta_columns = PaddedRows(
@@ -232,7 +254,7 @@ class SparseStep:
             context_old,
             refreshed,
             delta_columns,
-            delta_value.view(batch, capacity, kv_heads, head_dim).transpose(1, 2),
+            delta_value.view(batch, refresh_capacity, kv_heads, head_dim).transpose(1, 2),
             self.step.attention_mask,
             approximate=self.policy.attention == "approximate",
         )
@@ -247,22 +269,25 @@ class SparseStep:
 
         # 4. o_proj on every query row; the FFN on the selected rows only
         h = h + layer.o_proj(context_new)  # out of place: the h passed in belongs to the caller
-        chosen = PaddedRows.from_mask(selected.gather(1, queries.index), capacity)
+        chosen = PaddedRows.from_mask(selected.gather(1, queries.index), select_capacity)
         ffn_slots = chosen.flat()
         positions = queries.index[ffn_slots.batch_index, ffn_slots.position]
-        if self.keep_undo:
+        if keep_undo:
             undo.ffn_rows = FlatRows(ffn_slots.batch_index, positions, ffn_slots.valid)
             undo.old_ffn = buffers.ffn_out[ffn_slots.batch_index, positions]
-        if capacity:
+        if select_capacity:
             gathered_ffn(h, ffn_slots, positions, layer.feed_forward_weights(), buffers.ffn_out)
         cache.mark_written(index, "ffn_out", selected)
         cache.assert_written(index, "ffn_out", queries.mask)
         h += queries.read(buffers.ffn_out)  # in place on this layer's own tensor
 
         self.incoming = selected
-        most = torch.maximum(refreshed.counts.max(), chosen.counts.max())
-        overflow = refreshed.overflow | chosen.overflow
-        self._device_counts += [refreshed.counts.sum(), chosen.counts.sum(), most, overflow.long()]
+        self._device_counts += [
+            refreshed.counts.sum(),
+            chosen.counts.sum(),
+            refreshed.counts.max(),
+            chosen.counts.max(),
+        ]
         return h
 
     def _rows(self, rows: object, method: str) -> torch.Tensor:
