@@ -48,7 +48,8 @@ def load(
 
     dtype defaults to the checkpoint's `torch_dtype`. The returned model is in eval mode without
     gradients; `model.tokenizer` is the folder's tokenizer (None when it ships none) and
-    `model.generation_defaults` the contents of its generation_config.json.
+    `model.generation_defaults` the contents of its generation_config.json (how they act as
+    defaults: `dyllm.generation.config`).
     """
     folder = checkpoint_folder(path)
     config = read_config(folder)
@@ -267,10 +268,13 @@ def _attach_tokenizer_and_defaults(model: DiffusionTransformer, folder: Path) ->
     generation_file = folder / "generation_config.json"
     if generation_file.is_file():
         raw = read_json(generation_file)
+        # Nulls stay (for Dream's top_k / top_p a null means "no filter"), and so does
+        # `_from_model_config`: dyllm.generation.config skips a file transformers derived.
         model.generation_defaults = {
             key: value
             for key, value in raw.items()
-            if value is not None and not key.startswith("_") and key != "transformers_version"
+            if key != "transformers_version"
+            and (key == "_from_model_config" or not key.startswith("_"))
         }
 
 
