@@ -3,8 +3,10 @@ list the registered `policies`.
 
 Every option keeps the name the reference samplers use (`--steps`, `--gen-length`,
 `--block-length`, `--remasking`, `--alg`, ...). Options left unset are not passed on, so the
-checkpoint's generation_config.json and the family's defaults apply. Bad input ends with one line
-on stderr saying what to change and exit status 2, never a traceback.
+checkpoint's generation_config.json and the sampler's defaults apply, as in the Python API: an
+unset `--temperature` is greedy for LLaDA and the built-in models, 1.0 for a released Dream
+checkpoint (its reference's). Bad input ends with one line on stderr saying what to change and
+exit status 2, never a traceback.
 
 Policies come from the registry (`dyllm.policies.registry`): `--policy NAME[:KEY=VALUE,...]` and
 `--policy-arg KEY=VALUE` for generate, `--method` for bench, with `--plugin` (or DYLLM_PLUGINS) to
@@ -32,16 +34,22 @@ USAGE_ERRORS = (ValueError, FileNotFoundError, CheckpointError, ConfigError, Key
 
 SAMPLER_OPTIONS = {
     # flag: (type, help)
-    "gen_length": (int, "tokens to generate (default: the checkpoint's, else 128)"),
-    "steps": (int, "denoising steps in all (default: gen length)"),
+    "gen_length": (int, "tokens to generate (default: the checkpoint's, else LLaDA 128, Dream 20)"),
+    "steps": (
+        int,
+        "denoising steps in all (default: LLaDA gen length, Dream the checkpoint's or 512)",
+    ),
     "block_length": (int, "semi-autoregressive block length (LLaDA default 32; Dream: one block)"),
-    "temperature": (float, "sampling temperature (0 = greedy)"),
+    "temperature": (
+        float,
+        "sampling temperature, 0 = greedy (default: the checkpoint's, else LLaDA 0, Dream 1.0)",
+    ),
     "cfg_scale": (float, "LLaDA classifier-free guidance scale"),
     "remasking": (str, "LLaDA unmasking rule: low_confidence or random"),
     "alg": (str, "Dream unmasking rule: origin, maskgit_plus, topk_margin or entropy"),
     "alg_temp": (float, "Dream: sample positions from softmax(confidence / alg_temp)"),
-    "top_p": (float, "Dream: nucleus filtering"),
-    "top_k": (int, "Dream: top-k filtering"),
+    "top_p": (float, "Dream: nucleus filtering, 1 = off (default: the checkpoint's, else 1)"),
+    "top_k": (int, "Dream: top-k filtering, 0 = off (default: the checkpoint's, else 50)"),
     "eps": (float, "Dream: final timestep"),
     "threshold": (float, "Fast-dLLM parallel decoding: commit tokens above this confidence"),
     "factor": (float, "Fast-dLLM parallel decoding: the factor rule"),

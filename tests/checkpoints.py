@@ -1,6 +1,6 @@
 """Small checkpoints in the real on-disk layouts, for tests that exercise the real loader.
 
-`shrunk_real_checkpoint` copies a real config.json from ../shared/hf, shrinks only the width keys
+`shrunk_real_checkpoint` copies a real config.json from `fixtures/hf`, shrinks only the width keys
 (layer count, vocabulary and special tokens stay as shipped), writes random tensors into the
 shards the real `model.safetensors.index.json` names, and copies that index unchanged.
 """
@@ -8,7 +8,6 @@ shards the real `model.safetensors.index.json` names, and copies that index unch
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from safetensors.torch import save_file
 from dyllm.models import DiffusionTransformer, ModelConfig, preset, save_pretrained
 from dyllm.models.keymaps import checkpoint_keys
 
-SHARED = Path(os.environ.get("DYLLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-"""The project's shared folder beside the checkout (override with DYLLM_SHARED)."""
-HF = SHARED / "hf"
+HF = Path(__file__).resolve().parent / "fixtures" / "hf"
+"""The released checkpoints' config and tokenizer files, vendored (see fixtures/hf/README.md)."""
 LLADA_DIR = HF / "LLaDA-8B-Instruct"
 DREAM_DIR = HF / "Dream-v0-Instruct-7B"
 

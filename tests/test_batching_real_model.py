@@ -1,5 +1,6 @@
-"""Padding invariance on the real transformer (not a mock): each row of a left-padded batch gets
-the tokens its prompt gets alone, for both layouts and both samplers, dense and sparse."""
+"""Padding invariance on the real transformer (not a mock): each greedy row of a left-padded batch
+gets the tokens its prompt gets alone, for both layouts and both samplers, dense and sparse.
+(Dream's unset temperature is its reference's 1.0, so the Dream cases ask for 0.)"""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15], [16, 17, 18, 19, 20]]
     [
         ("llada", {"gen_length": 16, "steps": 16, "block_length": 8}),
         ("llada", {"gen_length": 16, "block_length": 8, "threshold": 0.2}),
-        ("dream", {"gen_length": 16, "steps": 16, "alg": "entropy"}),
-        ("dream", {"gen_length": 16, "steps": 8, "alg": "topk_margin", "block_length": 8}),
+        ("dream", {"gen_length": 16, "steps": 16, "alg": "entropy", "temperature": 0.0}),
+        (
+            "dream",
+            {"gen_length": 16, "steps": 8, "alg": "topk_margin", "block_length": 8}
+            | {"temperature": 0.0},
+        ),
     ],
 )
 @pytest.mark.parametrize("policy", [None, EveryRow()], ids=["dense", "every-row"])

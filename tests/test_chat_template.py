@@ -3,7 +3,7 @@ output, the jinja settings transformers uses, and the errors a bad template or c
 
 Expected prompts come from `fixtures/tokenizer/expected.json`, rendered by transformers'
 `apply_chat_template` (see `make_expected.py`); the real templates and special-token names are
-read from `../shared/hf` (override with DYLLM_SHARED).
+read from `fixtures/hf` (vendored, see its README).
 """
 
 from __future__ import annotations

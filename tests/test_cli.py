@@ -74,6 +74,21 @@ def test_token_id_prompts_on_a_checkpoint_without_tokenizer(capsys, dream_dir: P
     assert json.loads(out)["texts"] is None
 
 
+def test_an_unset_temperature_resolves_as_in_the_python_api(capsys, dream_dir: Path) -> None:
+    # No generation_config.json: Dream's unset temperature is its reference's 1.0 (top-50).
+    import dyllm
+
+    model = dyllm.load(dream_dir)
+    argv = ["generate", "--model", str(dream_dir), "--token-ids", "5,6,7", "--json", *FAST]
+    sampled = dyllm.generate(model, [[5, 6, 7]], gen_length=8, steps=8).token_ids
+    greedy = dyllm.generate(model, [[5, 6, 7]], gen_length=8, steps=8, temperature=0.0).token_ids
+    assert sampled != greedy
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0 and json.loads(out)["token_ids"] == sampled
+    code, out, _ = _run(capsys, *argv, "--temperature", "0")
+    assert code == 0 and json.loads(out)["token_ids"] == greedy
+
+
 def test_policy_trace_and_its_picture(capsys, tmp_path: Path, llada_dir: Path) -> None:
     pytest.importorskip("matplotlib")
     trace = tmp_path / "trace.json"

@@ -1,4 +1,7 @@
-"""Dream sampler: token filtering, confidences, logit shift, schedules, origin, blocks, padding."""
+"""Dream sampler: token filtering, confidences, logit shift, schedules, origin, blocks, padding.
+
+Dream's unset temperature is its reference's 1.0, so tests of greedy behaviour pass 0.
+"""
 
 import math
 
@@ -23,32 +26,47 @@ A, B, C, D, E = TOKENS.encode("abcde")
 FLOOR = torch.finfo(torch.float64).min
 
 
-def reference_dream(model, prompt, steps, gen_length, alg, temperature, top_p, seed, eps=1e-3):
-    """Dream's published `_sample` restated as a plain loop for one prompt (the test oracle)."""
+def reference_dream(
+    model, prompt, *, steps, gen_length, alg, temperature, top_p=1.0, top_k=50, seed=0, eps=1e-3
+):
+    """Dream's published `_sample` and `sample_tokens` restated as a plain loop for one prompt
+    (the test oracle). -> (answer tokens, the canvas each step's forward saw).
+
+    top_p / top_k default to what `diffusion_generate` runs with when the caller leaves them
+    unset (transformers' global generation defaults: 1.0 and 50); None turns a filter off.
+    """
     generator = torch.Generator().manual_seed(seed)
     x = torch.tensor([prompt + [MASK] * gen_length])
+    canvases = []
     timesteps = torch.linspace(1, eps, steps + 1)
     for i in range(steps):
+        canvases.append(x.clone())
         masked = x == MASK
         logits = model(x)
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         chosen_logits = logits[masked]
         if temperature > 0:
             chosen_logits = chosen_logits / temperature
-        if top_p is not None:
+        if top_p is not None and top_p < 1:
             ordered, order = torch.sort(chosen_logits, descending=True)
             before = torch.cumsum(torch.softmax(ordered, -1), -1) - torch.softmax(ordered, -1)
             drop = torch.zeros_like(before, dtype=torch.bool)
             drop[:, 1:] = (before > top_p)[:, 1:]
             drop = torch.zeros_like(drop).scatter(-1, order, drop)
             chosen_logits = chosen_logits.masked_fill(drop, FLOOR)
+        if top_k is not None:
+            kth = torch.topk(chosen_logits, min(top_k, chosen_logits.shape[-1])).values[:, -1:]
+            chosen_logits = chosen_logits.masked_fill(chosen_logits < kth, FLOOR)
         probabilities = torch.softmax(chosen_logits, -1)
         if temperature > 0:
             tokens = torch.multinomial(probabilities, 1, True, generator=generator)[:, 0]
             confidence = probabilities[torch.arange(len(tokens)), tokens]
         else:
             confidence, tokens = probabilities.max(-1)
-        if alg == "entropy":
+        if alg == "topk_margin":
+            top_two = probabilities.sort(-1, descending=True).values
+            confidence = top_two[:, 0] - top_two[:, 1]
+        elif alg == "entropy":
             confidence = (probabilities * torch.log(probabilities + 1e-10)).sum(-1)
         mean_masked = masked.sum() / 1
         if i == steps - 1:
@@ -62,7 +80,7 @@ def reference_dream(model, prompt, steps, gen_length, alg, temperature, top_p, s
         if count > 0:
             chosen = torch.topk(full, count).indices
             x[0, chosen[0]] = proposals[0, chosen[0]]
-    return x[0, len(prompt) :].tolist()
+    return x[0, len(prompt) :].tolist(), canvases
 
 
 @pytest.mark.parametrize(
@@ -82,8 +100,63 @@ def test_matches_the_reference_loop(alg, temperature, top_p, steps):
         top_p=top_p,
         seed=8,
     )
-    expected = reference_dream(model, prompt, steps, 12, alg, temperature, top_p, 8)
+    expected, _ = reference_dream(
+        model,
+        prompt,
+        steps=steps,
+        gen_length=12,
+        alg=alg,
+        temperature=temperature,
+        top_p=top_p,
+        seed=8,
+    )
     assert result.token_ids == [expected]
+
+
+def wide_vocabulary_model() -> TinyBidirectionalLM:
+    """A Dream-like mock with 160 token ids, so that a top-50 filter removes most of them.
+
+    Its tokenizer is dropped: the character tokenizer cannot decode ids past 47.
+    """
+    model = TinyBidirectionalLM("dream", seed=11, vocab_size=160)
+    model.tokenizer = None
+    return model
+
+
+def run_recorded(**options) -> tuple[list[int], list[list]]:
+    """(answer tokens, the canvas each forward saw) of `generate` on the wide model."""
+    model = wide_vocabulary_model()
+    recorder = RecordingDenoiser(model)
+    result = run_sampler(model, PROMPT, recorder, **options)
+    return result.token_ids[0], [canvas.tolist() for canvas in recorder.inputs]
+
+
+PROMPT = TOKENS.encode("tell me a story")
+GREEDY = dict(gen_length=12, steps=12, temperature=0.0)
+RANKED_ALGS = ["maskgit_plus", "topk_margin", "entropy"]
+
+
+@pytest.mark.parametrize("alg", RANKED_ALGS)
+def test_greedy_runs_with_top_k_unset_commit_in_the_references_order(alg):
+    # Left unset, top_k is Dream's 50: the greedy tokens are the argmax either way, but the
+    # confidences come from the renormalised top-50 distribution, which reorders the commits.
+    expected, filtered = reference_dream(wide_vocabulary_model(), PROMPT, alg=alg, **GREEDY)
+    _, unfiltered = reference_dream(wide_vocabulary_model(), PROMPT, alg=alg, top_k=None, **GREEDY)
+    filtered = [canvas.tolist() for canvas in filtered]
+    assert filtered != [canvas.tolist() for canvas in unfiltered]  # the filter matters here
+    assert run_recorded(alg=alg, **GREEDY) == (expected, filtered)
+    assert run_recorded(alg=alg, top_k=50, **GREEDY) == (expected, filtered)
+
+
+@pytest.mark.parametrize("alg", RANKED_ALGS)
+def test_top_k_zero_turns_the_filter_off(alg):
+    expected, unfiltered = reference_dream(
+        wide_vocabulary_model(), PROMPT, alg=alg, top_k=None, **GREEDY
+    )
+    assert run_recorded(alg=alg, top_k=0, **GREEDY) == (
+        expected,
+        [canvas.tolist() for canvas in unfiltered],
+    )
 
 
 def test_top_p_keeps_the_token_that_crosses_the_threshold():
@@ -139,7 +212,7 @@ def test_logits_are_shifted_one_position():
     # (absolute) takes the logits of column c - 1.
     tokens = [A, B, C, D, E, A, B]
     model = ScriptedLM({None: peaked_logits(tokens, [5.0] * 7)}, family="dream")
-    result = generate(model, [A, B], gen_length=4, alg="maskgit_plus")
+    result = generate(model, [A, B], gen_length=4, steps=4, alg="maskgit_plus", temperature=0.0)
     assert result.token_ids == [tokens[1:5]]
 
 
@@ -148,7 +221,7 @@ def test_maskgit_plus_commits_by_confidence_on_dreams_schedule():
     # read table rows 1..4: a, b, c, d with logits 1, 2, 3, 4, so d goes first, then c.
     table = peaked_logits([E, A, B, C, D, E], [0.0, 1.0, 2.0, 3.0, 4.0, 0.0])
     model = ScriptedLM({None: table}, family="dream")
-    result = generate(model, [A, B], gen_length=4, alg="maskgit_plus")
+    result = generate(model, [A, B], gen_length=4, steps=4, alg="maskgit_plus", temperature=0.0)
     answers = [call[0, 2:].tolist() for call in model.calls]
     assert answers == [
         [MASK, MASK, MASK, MASK],
@@ -161,7 +234,7 @@ def test_maskgit_plus_commits_by_confidence_on_dreams_schedule():
 
 def test_origin_reveals_each_mask_with_probability_one_minus_s_over_t():
     model = ScriptedLM({None: peaked_logits([C] * 40, [3.0] * 40)}, family="dream")
-    result = generate(model, [A, B], gen_length=36, steps=4, alg="origin", seed=6)
+    result = generate(model, [A, B], gen_length=36, steps=4, alg="origin", temperature=0.0, seed=6)
     # At temperature 0 the only draws of step 0 are the 36 reveal coins, against
     # 1 - s / t = 1 - .75025 = .24975.
     coins = torch.rand(36, generator=torch.Generator().manual_seed(6))
@@ -211,7 +284,7 @@ def test_blocks_confine_commits_to_the_current_block():
 def test_padded_batch_rows_equal_single_prompt_runs(alg, block_length):
     model = TinyBidirectionalLM("dream", seed=6)
     prompts = [TOKENS.encode("how are you?"), TOKENS.encode("hi"), TOKENS.encode("a b c d")]
-    options = dict(gen_length=12, steps=12, alg=alg, block_length=block_length)
+    options = dict(gen_length=12, steps=12, alg=alg, block_length=block_length, temperature=0.0)
     batch = generate(model, prompts, **options)
     alone = [generate(model, prompt, **options).token_ids[0] for prompt in prompts]
     assert batch.token_ids == alone
@@ -220,14 +293,16 @@ def test_padded_batch_rows_equal_single_prompt_runs(alg, block_length):
 def test_dream_sampler_runs_on_a_llada_model_without_shift():
     tokens = [A, B, C, D, E, A]
     model = ScriptedLM({None: peaked_logits(tokens, [5.0] * 6)})
-    result = generate(model, [A, B], gen_length=4, sampler="dream", alg="maskgit_plus")
+    options = dict(gen_length=4, steps=4, alg="maskgit_plus", temperature=0.0)
+    result = generate(model, [A, B], sampler="dream", **options)
     assert result.token_ids == [tokens[2:6]]
 
 
 def test_bfloat16_logits_sample():
     table = peaked_logits([C] * 8, [2.0] * 8).to(torch.bfloat16)
     model = ScriptedLM({None: table}, family="dream")
-    result = generate(model, [A, B], gen_length=6, alg="entropy", temperature=0.5, top_p=0.9)
+    options = dict(gen_length=6, steps=6, alg="entropy", temperature=0.5, top_p=0.9)
+    result = generate(model, [A, B], **options)
     assert len(result.token_ids[0]) == 6 and MASK not in result.token_ids[0]
 
 

@@ -36,25 +36,73 @@ def test_family_defaults():
     assert llada.block_length == 32 and llada.temperature == 0.0
     assert llada.alg is None
     assert resolve_config(GenerationConfig(gen_length=40), "llada", {}).block_length == 40
-    dream = resolve_config(GenerationConfig(gen_length=64), "dream", {})
-    assert (dream.steps, dream.block_length, dream.alg, dream.eps) == (64, 64, "origin", 1e-3)
 
 
-def test_checkpoint_defaults_fill_unset_sampling_options_but_never_steps():
-    checkpoint = {"alg": "entropy", "temperature": 0.2, "top_p": 0.95, "eps": 0.01, "steps": 512}
-    dream = resolve_config(GenerationConfig(gen_length=64), "dream", checkpoint)
-    assert dream.alg == "entropy" and dream.temperature == 0.2 and dream.top_p == 0.95
-    assert dream.eps == 0.01 and dream.steps == 64
-    explicit_options = GenerationConfig(alg="maskgit_plus", temperature=0.0)
-    explicit = resolve_config(explicit_options, "dream", checkpoint)
-    assert (explicit.alg, explicit.temperature) == ("maskgit_plus", 0.0)
+DREAM_REFERENCE = {
+    "gen_length": 20,  # transformers' max_length 20, counted after the prompt
+    "steps": 512,
+    "block_length": 20,  # one block: the reference has none
+    "temperature": 1.0,  # transformers' global generation defaults, through config.json
+    "top_p": 1.0,
+    "top_k": 50,
+    "alg": "origin",
+    "alg_temp": None,
+    "eps": 1e-3,
+}
+"""What Dream's `diffusion_generate` (transformers 4.46) runs with when the caller sets nothing."""
+
+
+def resolved_dream_options(config: GenerationConfig) -> dict:
+    return {name: getattr(config, name) for name in DREAM_REFERENCE}
+
+
+def test_unset_dream_options_resolve_as_the_reference_resolves_them():
+    dream = resolve_config(GenerationConfig(), "dream", {})
+    assert dream.sampler == "dream"
+    assert resolved_dream_options(dream) == DREAM_REFERENCE
+    with_length = resolve_config(GenerationConfig(gen_length=64), "dream", {})
+    assert (with_length.steps, with_length.block_length) == (512, 64)
+
+
+def test_a_generation_config_derived_from_config_json_is_not_read():
+    # Dream's released generation_config.json (transformers wrote it from config.json; the
+    # reference never reads it) says temperature 0: the reference still samples at 1.0.
+    released = {
+        "_from_model_config": True,
+        "alg": "origin",
+        "alg_temp": None,
+        "eps": 0.001,
+        "steps": 512,
+        "temperature": 0.0,
+        "top_k": None,
+        "top_p": None,
+    }
+    dream = resolve_config(GenerationConfig(), "dream", released)
+    assert resolved_dream_options(dream) == DREAM_REFERENCE
+    llada = resolve_config(GenerationConfig(), "llada", {"_from_model_config": True})
+    assert (llada.gen_length, llada.steps, llada.temperature) == (128, 128, 0.0)
+
+
+def test_a_generation_config_written_for_the_checkpoint_sets_unset_options():
+    written = {"alg": "entropy", "temperature": 0.2, "top_p": 0.95, "eps": 0.01, "steps": 32}
+    written |= {"max_new_tokens": 64, "top_k": None, "alg_temp": None}
+    dream = resolve_config(GenerationConfig(), "dream", written)
+    assert (dream.alg, dream.temperature, dream.top_p, dream.eps) == ("entropy", 0.2, 0.95, 0.01)
+    assert (dream.steps, dream.gen_length, dream.alg_temp) == (32, 64, None)
+    assert dream.top_k == 0  # a null top_k is Dream's "no top-k filter", not "unset"
+    assert resolve_config(GenerationConfig(), "dream", {"top_p": None}).top_p == 1.0
+    explicit_options = GenerationConfig(alg="maskgit_plus", temperature=0.0, top_k=20)
+    explicit = resolve_config(explicit_options, "dream", written)
+    assert (explicit.alg, explicit.temperature, explicit.top_k) == ("maskgit_plus", 0.0, 20)
+    llada = resolve_config(GenerationConfig(), "llada", {"gen_length": 24, "temperature": None})
+    assert (llada.gen_length, llada.steps, llada.temperature) == (24, 24, 0.0)
 
 
 def test_generate_uses_the_models_generation_defaults():
     model = scripted("dream")
-    model.generation_defaults = {"alg": "maskgit_plus", "steps": 512}
+    model.generation_defaults = {"alg": "maskgit_plus", "steps": 4, "temperature": 0.0}
     result = generate(model, [A, B], gen_length=4)
-    # maskgit_plus on 4 steps commits 0, 1, 1, 2 (origin would draw coins); steps is not 512.
+    # maskgit_plus on 4 steps commits 0, 1, 1, 2 (origin would draw coins).
     assert [int((call == MASK).sum()) for call in model.calls] == [4, 4, 3, 2]
     assert result.stats.steps_run == 4
 
@@ -149,7 +197,9 @@ def test_options_of_the_other_sampler_are_refused():
 
 def test_dream_value_ranges():
     expect_error(scripted("dream"), ["top_p=1.5 must be in (0, 1]"], top_p=1.5)
-    expect_error(scripted("dream"), ["top_k=0 must be >= 1"], top_k=0)
+    expect_error(
+        scripted("dream"), ["top_k=-1 must be >= 0 (0 turns the top-k filter off)"], top_k=-1
+    )
     expect_error(scripted("dream"), ["eps=1.0 must be in (0, 1)"], eps=1.0)
 
 

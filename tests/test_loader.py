@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 import dyllm
+from dyllm.generation import GenerationConfig
+from dyllm.generation.config import resolve_config
 from dyllm.models import CheckpointError, DiffusionTransformer, ModelConfig
 from dyllm.models.keymaps import checkpoint_keys
 from tests.checkpoints import real_dir, shrunk_real_checkpoint, write_tiny_checkpoint
@@ -85,6 +87,28 @@ def test_shrunk_real_checkpoint_loads_through_the_real_index(family: str, tmp_pa
     logits = model(_ids(config.vocab_size, (1, 5)))
     assert logits.shape == (1, 5, config.vocab_size)
     assert torch.isfinite(logits.float()).all()
+
+
+def test_the_released_dream_folder_leaves_every_unset_option_to_the_reference(
+    tmp_path: Path,
+) -> None:
+    # The released generation_config.json says temperature 0, top_k null; the reference never
+    # reads it (transformers derived it from config.json), so generate() must not either.
+    shrunk_real_checkpoint("dream", tmp_path)
+    model = dyllm.load(tmp_path)
+    assert model.generation_defaults["_from_model_config"] is True
+    resolved = resolve_config(GenerationConfig(), "dream", model.generation_defaults)
+    options = ("gen_length", "steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps")
+    assert [getattr(resolved, name) for name in options] == [
+        20,
+        512,
+        1.0,
+        1.0,
+        50,
+        "origin",
+        None,
+        1e-3,
+    ]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

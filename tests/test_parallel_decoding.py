@@ -114,8 +114,9 @@ def test_finished_rows_commit_nothing_while_others_finish_the_block():
 
 def test_dream_threshold_and_factor():
     model = ScriptedLM({None: peaked_logits([C] * 10, [CONFIDENT] * 10)}, family="dream")
-    threshold = generate(model, [A, B], gen_length=8, block_length=4, threshold=0.9)
+    greedy = dict(gen_length=8, temperature=0.0)  # Dream's unset temperature is 1.0
+    threshold = generate(model, [A, B], block_length=4, threshold=0.9, **greedy)
     assert threshold.token_ids == [[C] * 8] and threshold.stats.steps_run == 2
     unsure = ScriptedLM({None: peaked_logits([C] * 10, [UNSURE] * 10)}, family="dream")
-    factor = generate(unsure, [A, B], gen_length=8, factor=1.0)
+    factor = generate(unsure, [A, B], factor=1.0, **greedy)
     assert factor.token_ids == [[C] * 8] and factor.stats.steps_run == 8

@@ -439,9 +439,10 @@ def _policies() -> list:
 
 
 PARALLEL = [{"threshold": 0.1}, {"factor": 2.6}]
-"""Low settings: a tiny random model's probabilities are near 1 / 97, so at threshold 0.9 every
-step would commit one token and the parallel path would never commit several. (Seed 3: some
-random tiny models propose the mask token itself, which a commit then leaves masked.)"""
+"""Low settings, greedy: a tiny random model's probabilities are near 1 / 97 (1 / 50 for Dream,
+whose unset top_k keeps 50 tokens), so at threshold 0.9 every step would commit one token and the
+parallel path would never commit several. (Seed 3: some random tiny models propose the mask token
+itself, which a commit then leaves masked.)"""
 
 
 @pytest.mark.parametrize("decoding", PARALLEL, ids=["threshold", "factor"])
@@ -449,7 +450,7 @@ random tiny models propose the mask token itself, which a commit then leaves mas
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_policy_runs_with_parallel_decoding(name: str, make, family: str, decoding) -> None:
     model = tiny_model(family, seed=3)
-    options = {"gen_length": 16, "block_length": 8, **decoding}
+    options = {"gen_length": 16, "block_length": 8, "temperature": 0.0, **decoding}
     baseline = dyllm.generate(
         model, PROMPTS_PADDED, policy=CosineThreshold(0.99), check_invariants=True, **options
     )
@@ -471,7 +472,7 @@ def test_dual_cache_statistics_count_exactly_the_block_rows() -> None:
     """With threshold decoding the number of steps depends on the data; the reported fractions
     still follow from it: dense steps count every row, sparse steps the block's."""
     model = tiny_model("dream", seed=3)
-    options = {"gen_length": 16, "block_length": 4, "threshold": 0.1}
+    options = {"gen_length": 16, "block_length": 4, "threshold": 0.1, "temperature": 0.0}
     result = dyllm.generate(
         model, PROMPTS_PADDED, policy=DualCache(), check_invariants=True, **options
     )

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 import dyllm
 from dyllm.reference.encoding import Batch, collate, encode_prompt
-from dyllm.reference.evaluate import default_gen_length, evaluate
+from dyllm.reference.evaluate import default_gen_length, evaluate, sampler_settings
 from dyllm.reference.objective import diffusion_loss, mask_answers
 from dyllm.reference.registry import (
     BUILTIN_MODELS,
@@ -107,6 +107,17 @@ def test_shipped_model_still_scores_its_committed_figure(name: str) -> None:
     problems = [p for task in TASK_NAMES for p in heldout_problems(task)[:PROBLEMS_PER_TASK]]
     score, _ = evaluate(model, problems, batch_size=len(problems))
     assert score.overall.exact_match >= committed["overall"]["exact_match"] - ALLOWED_DROP
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_MODELS))
+def test_shipped_model_samples_as_its_committed_figure_was_measured(name: str) -> None:
+    # Their generation_config.json (written by dyllm, not derived from config.json) sets the
+    # sampler; dream-ref's null top_k / top_p mean no filter, not Dream's unset top-50.
+    committed = committed_scores(name)["sampler"]
+    settings = sampler_settings(dyllm.load(builtin_model_path(name), device="cpu"))
+    assert {key: settings[key] for key in committed} == committed
+    if committed["sampler"] == "dream":
+        assert (settings["top_k"], settings["top_p"]) == (0, 1.0)
 
 
 def tiny_run(out: Path, *extra: str) -> None:

@@ -3,7 +3,7 @@
 
 Hugging Face's ids come from `fixtures/tokenizer/expected.json` (made by `make_expected.py`
 with transformers; these tests never import it). Dream's real vocabulary is read from
-`../shared/hf` (override with DYLLM_SHARED) once per module: it takes ~0.5 s.
+`fixtures/hf` (vendored, see its README) once per module: it takes ~0.5 s.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_folder_without_tokenizer_files_gives_none(tmp_path: Path) -> None:
 
 
 def test_config_without_vocabulary_gives_none() -> None:
-    # The shared LLaDA folder has tokenizer_config.json but not its tokenizer.json.
+    # The vendored LLaDA folder has tokenizer_config.json but not its tokenizer.json.
     assert Tokenizer.from_pretrained(LLADA_DIR) is None
 
 

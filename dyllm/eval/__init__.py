@@ -7,7 +7,17 @@
 
 `python -m dyllm.eval` is lm-eval's own command line with the `dyllm` model registered first;
 `import dyllm.eval.lm_eval_adapter` registers it inside a Python session. Only `generate_until`
-is served: a masked diffusion LM has no left-to-right likelihood, so loglikelihood tasks get an
-error saying so. lm_eval is imported here only when the adapter is, so `import dyllm` never
-needs it.
+is served: a masked diffusion LM has no left-to-right likelihood. The command line refuses a
+task of another kind, a bad model argument and a bad generation option before any generation,
+with one line on stderr (exit status 2). lm_eval is imported only by the adapter and the command
+line, so `import dyllm` never needs it.
 """
+
+from __future__ import annotations
+
+
+class EvalUsageError(ValueError):
+    """A model argument, generation option or task dyllm cannot run; the message says the fix.
+
+    `python -m dyllm.eval` prints it as one line and exits with status 2.
+    """

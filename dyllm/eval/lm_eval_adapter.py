@@ -1,12 +1,22 @@
 """The lm-eval `LM` subclass registered as `dyllm`: generate_until with any saliency policy.
 
 Model arguments (`--model_args key=value,...`): `pretrained` (checkpoint folder or built-in name,
-default llada-ref), `device`, `dtype`, `batch_size` (16, the DyLLM paper's throughput setting),
-`policy` (a `dyllm.policies.registry` name, default dense) with its parameters (`tau`, `k`,
-`prompt_interval`, `gen_interval`, `transfer_ratio`, `warmup_steps`, `prompt_refresh_every`),
-and sampler options under `generate`'s names (`gen_length`, `steps`, `block_length`,
-`threshold`, `factor`, `remasking`, `alg`, `temperature`, ...). `gen_length` fixes the answer
-canvas (the paper: 256); left unset, each request's `max_gen_toks` sets it.
+default llada-ref), `device`, `dtype`, `batch_size`, `policy` (a `dyllm.policies.registry` name,
+default dense) with its parameters (`tau`, `k`, `prompt_interval`, `gen_interval`,
+`transfer_ratio`, `warmup_steps`, `prompt_refresh_every`), and sampler options under
+`generate`'s names (`gen_length`, `steps`, `block_length`, `threshold`, `factor`, `remasking`,
+`alg`, `temperature`, ...). `gen_length` fixes the answer canvas (the paper: 256); left unset,
+each request's `max_gen_toks` sets it.
+
+`batch_size` and `device` may come from `--model_args` or from lm-eval's `--batch_size` /
+`--device` (model_args wins; see `arguments.py`). lm-eval's command line always passes its
+defaults, batch size 1 and `cuda:0`; in Python, `simple_evaluate` without them gives batch size
+16 (the DyLLM paper's throughput setting) and CUDA when present. A CUDA device on a machine
+without CUDA runs on the CPU, with a warning.
+
+Every argument is checked before the weights are read: the policy and its parameters, option
+names, batch size, device. Each request group's generation options are checked before the first
+answer is generated. Errors are `EvalUsageError` (a ValueError) naming the fix.
 
 Each request's answer is the generated text up to the first EOS, cut before the first of the
 task's `until` strings. Requests are batched in order of arrival among those with the same
@@ -20,10 +30,19 @@ from typing import Any
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.utils import simple_parse_args_string
 
 import dyllm
-from dyllm.generation.config import check_option_names
+from dyllm.eval import EvalUsageError
+from dyllm.eval.arguments import merge_model_arguments, parse_batch_size, pick_device
+from dyllm.generation.config import GenerationConfig, check_option_names, resolve_config
+from dyllm.generation.validation import validate_config
+from dyllm.models.config import ConfigError
+from dyllm.models.loader import CheckpointError, checkpoint_folder, read_config, resolve_dtype
 from dyllm.policies.registry import make_policy
+from dyllm.reference.registry import resolve_model_path
+
+ARGUMENT_ERRORS = (ValueError, FileNotFoundError, CheckpointError, ConfigError, KeyError)
 
 POLICY_PARAMS = (
     "tau",
@@ -35,6 +54,8 @@ POLICY_PARAMS = (
     "prompt_refresh_every",
     "attention",
 )
+NUMERIC_POLICY_PARAMS = tuple(key for key in POLICY_PARAMS if key != "attention")
+"""Every policy parameter but `attention` ("approximate" or "frozen")."""
 GEN_KWARGS_IGNORED = ("do_sample", "max_gen_toks", "until")
 
 
@@ -45,7 +66,7 @@ class DyLLMEvalModel(LM):
     def __init__(
         self,
         pretrained: str = "llada-ref",
-        device: str = "cpu",
+        device: str | None = None,
         dtype: str | None = None,
         batch_size: int | str = 16,
         policy: str = "dense",
@@ -53,15 +74,37 @@ class DyLLMEvalModel(LM):
         **options: Any,
     ) -> None:
         super().__init__()
-        self.model = dyllm.load(str(pretrained), device=device, dtype=dtype)
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        policy_params = {key: options.pop(key) for key in POLICY_PARAMS if key in options}
-        self.policy = make_policy(policy, self.model.config.family, **policy_params)
-        check_option_names(options)
+        try:
+            self.batch_size = parse_batch_size(batch_size)
+            folder = checkpoint_folder(resolve_model_path(str(pretrained)))
+            family = read_config(folder).family
+            policy_params = {key: options.pop(key) for key in POLICY_PARAMS if key in options}
+            _check_numbers(policy_params)
+            self.policy = make_policy(str(policy), family, **policy_params)
+            check_option_names(options)
+            if dtype is not None:
+                resolve_dtype(dtype)
+            self.model = dyllm.load(folder, device=pick_device(device), dtype=dtype)
+        except EvalUsageError:
+            raise
+        except ARGUMENT_ERRORS as error:
+            raise EvalUsageError(f"--model_args: {_message(error)}") from error
         self.options = options
         self.chat = bool(chat)
+
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict | None = None
+    ) -> DyLLMEvalModel:
+        """lm-eval's `--model_args` string plus its own flags, without duplicate arguments."""
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict | None = None
+    ) -> DyLLMEvalModel:
+        """`batch_size` / `device` from model args, else from lm-eval's flags (see arguments)."""
+        return cls(**merge_model_arguments(arg_dict, additional_config))
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Answers for (context, gen_kwargs) requests, cut at the first `until` string."""
@@ -69,10 +112,9 @@ class DyLLMEvalModel(LM):
         groups: dict[str, list[int]] = {}
         for number, request in enumerate(requests):
             groups.setdefault(repr(sorted(request.args[1].items())), []).append(number)
-        for numbers in groups.values():
-            gen_kwargs = requests[numbers[0]].args[1]
-            options = self._options_for(gen_kwargs)
-            stops = _stop_strings(gen_kwargs)
+        plans = [(numbers, self._options_for(requests[numbers[0]])) for numbers in groups.values()]
+        for numbers, options in plans:
+            stops = _stop_strings(requests[numbers[0]].args[1])
             for start in range(0, len(numbers), self.batch_size):
                 chunk = numbers[start : start + self.batch_size]
                 texts = self._generate([requests[n].args[0] for n in chunk], options)
@@ -86,23 +128,36 @@ class DyLLMEvalModel(LM):
     def _generate(self, prompts: list[str], options: dict[str, Any]) -> list[str]:
         result = dyllm.generate(self.model, prompts, policy=self.policy, chat=self.chat, **options)
         if result.texts is None:
-            raise ValueError(
+            raise EvalUsageError(
                 "the checkpoint has no tokenizer files, so lm-eval's text prompts cannot be "
                 "encoded; use a folder with tokenizer.json (or vocab.json and merges.txt)"
             )
         return result.texts
 
-    def _options_for(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Model-argument options, then the request's sampling options where they are unset."""
+    def _options_for(self, request: Instance) -> dict[str, Any]:
+        """Model-argument options, then the request's sampling options where they are unset;
+        checked as `generate` would check them, before anything is generated."""
+        gen_kwargs = request.args[1]
         options = dict(self.options)
-        if "gen_length" not in options and "max_gen_toks" in gen_kwargs:
-            options["gen_length"] = int(gen_kwargs["max_gen_toks"])
         extra = {k: v for k, v in gen_kwargs.items() if k not in GEN_KWARGS_IGNORED}
         if gen_kwargs.get("do_sample") is False:
             extra["temperature"] = 0.0
-        check_option_names(extra)
-        for key, value in extra.items():
-            options.setdefault(key, value)
+        try:
+            if "gen_length" not in options and "max_gen_toks" in gen_kwargs:
+                options["gen_length"] = int(gen_kwargs["max_gen_toks"])
+            check_option_names(extra)
+            for key, value in extra.items():
+                options.setdefault(key, value)
+            defaults = self.model.generation_defaults
+            resolved = resolve_config(
+                GenerationConfig(**options), self.model.config.family, defaults
+            )
+            validate_config(resolved, self.model.config)
+        except ValueError as error:
+            task = getattr(request, "task_name", None) or "a task"
+            raise EvalUsageError(
+                f"the generation options of {task} ({options}): {_message(error)}"
+            ) from error
         return options
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
@@ -116,6 +171,19 @@ class DyLLMEvalModel(LM):
             "dyllm serves generate_until tasks only: perplexity needs a left-to-right "
             "likelihood, which a masked diffusion LM does not define"
         )
+
+
+def _check_numbers(policy_params: dict[str, Any]) -> None:
+    """lm-eval passes a model argument that does not parse as a number as a string."""
+    for key, value in policy_params.items():
+        if key in NUMERIC_POLICY_PARAMS and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
+            raise EvalUsageError(f"--model_args: {key}={value!r} must be a number")
+
+
+def _message(error: Exception) -> str:
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 def _stop_strings(gen_kwargs: dict[str, Any]) -> list[str]:

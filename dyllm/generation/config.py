@@ -1,12 +1,25 @@
 """Generation options under the reference samplers' names, and how unset ones get their values.
 
-Options left as None are filled at `resolve_config` time, in this order: the option itself, the
-checkpoint's `generation_config.json` (`model.generation_defaults`), the family default.
-Only the answer length (`gen_length`, or Hugging Face's `max_new_tokens`) and the sampling knobs
-`alg, eps, temperature, alg_temp, top_p, top_k` are read from generation_config.json. Its `steps`
-is never used: Dream ships `steps=512`, which would run 512 steps over the default 128-token
-answer (most of them committing nothing) and is not even a valid schedule for shorter answers;
-`steps` defaults to `gen_length` instead (one token per step).
+Options left as None are filled at `resolve_config` time from, in order: the option itself, the
+checkpoint's `generation_config.json` (`model.generation_defaults`), the sampler's default.
+
+The sampler's defaults are its reference's. LLaDA's `generate` takes its options as arguments
+(`gen_length=128`, `temperature=0`; dyllm runs `steps = gen_length`). Dream's `diffusion_generate`
+builds its options with `DreamGenerationConfig.from_model_config(config)`: it reads config.json,
+never generation_config.json, and under the transformers its model card pins (4.46) an unset
+option takes transformers' global generation default (`temperature=1.0`, `top_p=1.0`,
+`top_k=50`, `max_length=20`, so 20 new tokens) or DreamGenerationConfig's (`steps=512`,
+`alg="origin"`, `alg_temp=None`, `eps=1e-3`); `DREAM_DEFAULTS` holds them.
+
+generation_config.json: a file transformers derived from config.json (`"_from_model_config":
+true`, as both released checkpoints ship) holds what transformers copied, not what the sampler
+runs with, and neither reference reads it, so it is skipped. Any other file (dyllm's reference
+models write one) sets the answer length (`gen_length` or Hugging Face's `max_new_tokens`),
+`temperature`, and for Dream `steps`, `alg`, `eps`, `alg_temp`, `top_p`, `top_k`; a null there
+means what it means in Dream's `sample_tokens`: no top-p / top-k filter, no `alg_temp`.
+
+Explicitly off: `top_k=0` (no top-k filter; the reference's explicit `top_k=None`) and
+`top_p=1.0` (no nucleus filter).
 """
 
 from __future__ import annotations
@@ -22,15 +35,30 @@ REMASKING_RULES = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 DEFAULT_GEN_LENGTH = 128
-"""Answer length when neither the call nor the checkpoint gives one (LLaDA's examples use 128)."""
+"""LLaDA's answer length when neither the call nor the checkpoint gives one (its `generate`'s)."""
+LLADA_TEMPERATURE = 0.0
 
 LLADA_BLOCK_LENGTH = 32
 """LLaDA's usual block length; used when it divides gen_length, else one block."""
-DREAM_EPS = 1e-3
-DREAM_ALG = "origin"
 
-CHECKPOINT_KEYS = ("alg", "eps", "temperature", "alg_temp", "top_p", "top_k")
-"""Keys of generation_config.json that become defaults (see the module docstring)."""
+DREAM_DEFAULTS: dict[str, Any] = {
+    "gen_length": 20,  # transformers' max_length 20, which Dream counts after the prompt
+    "steps": 512,  # DreamGenerationConfig
+    "temperature": 1.0,  # transformers' global generation defaults, via config.json
+    "top_p": 1.0,  # (as 1.0 filters nothing, Dream skips the filter)
+    "top_k": 50,
+    "alg": "origin",  # DreamGenerationConfig
+    "alg_temp": None,
+    "eps": 1e-3,
+}
+"""What Dream's `diffusion_generate` runs with when neither the caller nor config.json sets an
+option (transformers 4.46, the version Dream's model card pins)."""
+
+NO_TOP_K = 0
+"""`top_k=0`: no top-k filter (`top_k` left unset is Dream's 50)."""
+
+DREAM_NULL_MEANS: dict[str, Any] = {"top_p": 1.0, "top_k": NO_TOP_K, "alg_temp": None}
+"""A null in generation_config.json for these keys: the filter (or alg_temp) is off."""
 
 DREAM_ONLY = ("alg", "alg_temp", "top_p", "top_k", "eps")
 LLADA_ONLY_DEFAULTS: dict[str, Any] = {
@@ -47,14 +75,15 @@ class GenerationConfig:
 
     gen_length: int | None = None
     """Tokens to generate per prompt (the answer canvas); None = the checkpoint's `gen_length`
-    (or `max_new_tokens`) in generation_config.json, else 128."""
+    (or `max_new_tokens`) in generation_config.json, else LLaDA 128, Dream 20."""
     steps: int | None = None
-    """Denoising steps over the whole answer; None = gen_length. Ignored with threshold/factor."""
+    """Denoising steps over the whole answer; None = LLaDA gen_length, Dream the checkpoint's
+    `steps`, else 512. Ignored with threshold/factor."""
     block_length: int | None = None
     """Semi-autoregressive block size; None = 32 for LLaDA (one block if 32 does not divide
     gen_length), gen_length for Dream (one block, the reference)."""
     temperature: float | None = None
-    """0 = greedy; None = the checkpoint's value, else 0."""
+    """0 = greedy; None = the checkpoint's value, else LLaDA 0, Dream 1.0 (its reference's)."""
     seed: int = 0
     """Seeds the one torch.Generator behind every random draw."""
     threshold: float | None = None
@@ -78,15 +107,19 @@ class GenerationConfig:
     confidence_eos_eot_inf: bool = False
     """LLaDA: the reference's confidence tweak; see `token_sampling.llada_propose`."""
     alg: str | None = None
-    """Dream unmasking order: origin | maskgit_plus | topk_margin | entropy."""
+    """Dream unmasking order: origin | maskgit_plus | topk_margin | entropy; None = the
+    checkpoint's, else origin."""
     alg_temp: float | None = None
     """Dream: sample the k positions from softmax(confidence / alg_temp) instead of top-k."""
     top_p: float | None = None
-    """Dream nucleus filtering of the token distribution."""
+    """Dream nucleus filtering of the token distribution; 1.0 = off; None = the checkpoint's,
+    else 1.0."""
     top_k: int | None = None
-    """Dream top-k filtering of the token distribution."""
+    """Dream top-k filtering of the token distribution; 0 = off; None = the checkpoint's, else
+    50 (the reference's: greedy confidences then come from the renormalised top 50)."""
     eps: float | None = None
-    """Dream: the last timestep of linspace(1, eps, steps + 1)."""
+    """Dream: the last timestep of linspace(1, eps, steps + 1); None = the checkpoint's, else
+    1e-3."""
 
     @property
     def adaptive(self) -> bool:
@@ -131,13 +164,9 @@ def resolve_config(
 ) -> GenerationConfig:
     """Fill every None that has a default, after refusing options the chosen sampler ignores.
 
-    family: `model.config.family`; generation_defaults: `model.generation_defaults`.
+    family: `model.config.family`; generation_defaults: `model.generation_defaults` (the
+    checkpoint's generation_config.json as read, nulls included).
     """
-    if config.gen_length is None:
-        checkpoint_length = generation_defaults.get(
-            "gen_length", generation_defaults.get("max_new_tokens", DEFAULT_GEN_LENGTH)
-        )
-        config = dataclasses.replace(config, gen_length=checkpoint_length)
     sampler = config.sampler if config.sampler is not None else family
     if sampler not in SAMPLERS:
         if config.sampler is None:
@@ -147,25 +176,62 @@ def resolve_config(
             )
         raise unknown_choice_error("sampler", sampler, SAMPLERS)
     _refuse_foreign_options(config, sampler)
-
-    def from_checkpoint(name: str, fallback: Any) -> Any:
-        value = getattr(config, name)
-        if value is not None:
-            return value
-        return generation_defaults.get(name, fallback)
-
-    resolved: dict[str, Any] = {
-        "sampler": sampler,
-        "steps": config.steps if config.steps is not None else config.gen_length,
-        "block_length": _default_block_length(config, sampler),
-        "temperature": from_checkpoint("temperature", 0.0),
-    }
+    checkpoint = checkpoint_defaults(generation_defaults)
     if sampler == "dream":
-        resolved["alg"] = from_checkpoint("alg", DREAM_ALG)
-        resolved["eps"] = from_checkpoint("eps", DREAM_EPS)
-        for name in ("alg_temp", "top_p", "top_k"):
-            resolved[name] = from_checkpoint(name, None)
-    return dataclasses.replace(config, **resolved)
+        resolved = _resolve_dream(config, checkpoint)
+    else:
+        resolved = _resolve_llada(config, checkpoint)
+    config = dataclasses.replace(config, sampler=sampler, **resolved)
+    return dataclasses.replace(config, block_length=_default_block_length(config, sampler))
+
+
+def checkpoint_defaults(generation_defaults: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The generation_config.json entries that act as defaults: none from a file transformers
+    derived from config.json (`_from_model_config`), which neither reference reads."""
+    if generation_defaults.get("_from_model_config") is True:
+        return {}
+    return generation_defaults
+
+
+def _resolve_llada(config: GenerationConfig, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    gen_length = _first_set(config.gen_length, _checkpoint_length(checkpoint), DEFAULT_GEN_LENGTH)
+    return {
+        "gen_length": gen_length,
+        "steps": _first_set(config.steps, gen_length),
+        "temperature": _first_set(
+            config.temperature, checkpoint.get("temperature"), LLADA_TEMPERATURE
+        ),
+    }
+
+
+def _resolve_dream(config: GenerationConfig, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    resolved = {
+        "gen_length": _first_set(
+            config.gen_length, _checkpoint_length(checkpoint), DREAM_DEFAULTS["gen_length"]
+        )
+    }
+    for name in ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps"):
+        resolved[name] = _dream_value(name, getattr(config, name), checkpoint)
+    return resolved
+
+
+def _dream_value(name: str, value: Any, checkpoint: Mapping[str, Any]) -> Any:
+    """The option's value, else the checkpoint's (a null meaning "off"), else Dream's default."""
+    if value is not None:
+        return value
+    if checkpoint.get(name) is not None:
+        return checkpoint[name]
+    if name in checkpoint and name in DREAM_NULL_MEANS:
+        return DREAM_NULL_MEANS[name]
+    return DREAM_DEFAULTS[name]
+
+
+def _checkpoint_length(checkpoint: Mapping[str, Any]) -> Any:
+    return _first_set(checkpoint.get("gen_length"), checkpoint.get("max_new_tokens"))
+
+
+def _first_set(*values: Any) -> Any:
+    return next((value for value in values if value is not None), None)
 
 
 def _default_block_length(config: GenerationConfig, sampler: str) -> int | None:

@@ -7,7 +7,9 @@ decoding) or by a uniform draw (`random`).
 
 Dream scales by the temperature, filters with top-p then top-k, takes the softmax, samples
 (argmax at temperature 0), and ranks by the chosen token's probability (`maskgit_plus`), the
-top-1 minus top-2 probability (`topk_margin`) or the negative entropy (`entropy`).
+top-1 minus top-2 probability (`topk_margin`) or the negative entropy (`entropy`). The filters
+act at every temperature, 0 included: the chosen tokens stay the same, but the confidences are
+those of the renormalised filtered distribution, so they change which positions go first.
 
 Every random draw comes from the caller's `torch.Generator`, so a seed fixes the whole run.
 """
@@ -104,13 +106,14 @@ def dream_sample_tokens(
     """Dream's `sample_tokens` over the masked positions' logits.
 
     logits: [N, V] -> (confidence [N] in the logits' dtype, x0: LongTensor [N]).
+    top_p: None or 1.0 = no nucleus filter; top_k: None or 0 = no top-k filter.
     confidence_kind: "maskgit_plus" | "topk_margin" | "entropy" (origin ignores confidence).
     """
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1:
         logits = top_p_filter(logits, top_p)
-    if top_k is not None:
+    if top_k:
         logits = top_k_filter(logits, top_k)
     probabilities = torch.softmax(logits, dim=-1)
     if temperature > 0 and probabilities.shape[0] > 0:

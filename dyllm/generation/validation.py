@@ -123,18 +123,18 @@ def _check_dream(config: GenerationConfig) -> None:
         _check_number("top_p", config.top_p)
         if not 0.0 < config.top_p <= 1.0:
             raise ValueError(
-                f"top_p={config.top_p} must be in (0, 1] (1 or None disables it); Dream's "
+                f"top_p={config.top_p} must be in (0, 1] (1 turns the filter off); Dream's "
                 "model card uses 0.95."
             )
     if config.top_k is not None:
-        _check_int("top_k", config.top_k, minimum=1)
+        _check_int("top_k", config.top_k, minimum=0, hint=" (0 turns the top-k filter off)")
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, hint: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}.")
     if value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}.")
+        raise ValueError(f"{name}={value} must be >= {minimum}{hint}.")
 
 
 def _check_number(name: str, value: Any, minimum: float | None = None) -> None:

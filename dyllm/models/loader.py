@@ -50,8 +50,9 @@ def load(
 
     dtype defaults to the checkpoint's `torch_dtype`. The returned model is in eval mode without
     gradients; `model.tokenizer` is the folder's tokenizer (None when it ships none) and
-    `model.generation_defaults` the contents of its generation_config.json. The tokenizer's
-    end-of-turn id, when it has one, is the config's `eot_token_id`.
+    `model.generation_defaults` the contents of its generation_config.json (how they act as
+    defaults: `dyllm.generation.config`). The tokenizer's end-of-turn id, when it has one, is the
+    config's `eot_token_id`.
     """
     folder = checkpoint_folder(path)
     config = read_config(folder)
@@ -253,16 +254,19 @@ def _open_safetensors(file: Path):
 
 
 def read_generation_defaults(folder: Path) -> dict[str, Any]:
-    """generation_config.json's set entries (none of transformers' bookkeeping keys); {} when
-    the folder has no such file."""
+    """generation_config.json's entries (transformers' bookkeeping keys left out); {} when the
+    folder has no such file."""
     generation_file = folder / "generation_config.json"
     if not generation_file.is_file():
         return {}
     raw = read_json_object(generation_file, CheckpointError)
+    # Nulls stay (for Dream's top_k / top_p a null means "no filter"), and so does
+    # `_from_model_config`: dyllm.generation.config skips a file transformers derived.
     return {
         key: value
         for key, value in raw.items()
-        if value is not None and not key.startswith("_") and key != "transformers_version"
+        if key != "transformers_version"
+        and (key == "_from_model_config" or not key.startswith("_"))
     }
 
 
