@@ -207,7 +207,7 @@ def test_a_log_likelihood_task_is_refused_before_any_generation(
     ("changes", "message"),
     [
         ({"policy": "cosine"}, "unknown policy 'cosine'"),
-        ({"tau": "high"}, "tau='high' must be a number"),
+        ({"tau": "high"}, "the dyllm policy's tau must be a number, got 'high'"),
         ({"tau": 1.5}, "tau is a cosine similarity threshold in [-1, 1], got 1.5"),
         ({"batch_size": "auto"}, "dyllm has no automatic batch size"),
         ({"batch_size": 0}, "batch_size=0 must be a whole number >= 1"),

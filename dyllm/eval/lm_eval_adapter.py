@@ -1,9 +1,9 @@
 """The lm-eval `LM` subclass registered as `dyllm`: generate_until with any saliency policy.
 
 Model arguments (`--model_args key=value,...`): `pretrained` (checkpoint folder or built-in name,
-default llada-ref), `device`, `dtype`, `batch_size`, `policy` (a `dyllm.policies.registry` name,
-default dense) with its parameters (`tau`, `k`, `prompt_interval`, `gen_interval`,
-`transfer_ratio`, `warmup_steps`, `prompt_refresh_every`), and sampler options under
+default llada-ref), `device`, `dtype`, `batch_size`, `policy` (a registered name, default dense;
+`DYLLM_PLUGINS` loads users' own) with the parameters it registers (`dyllm policies` lists
+them: `tau`, `k`, ...), and sampler options under
 `generate`'s names (`gen_length`, `steps`, `block_length`, `threshold`, `factor`, `remasking`,
 `alg`, `temperature`, ...). `gen_length` fixes the answer canvas (the paper: 256); left unset,
 each request's `max_gen_toks` sets it.
@@ -39,23 +39,12 @@ from dyllm.generation.config import GenerationConfig, check_option_names, resolv
 from dyllm.generation.validation import validate_config
 from dyllm.models.config import ConfigError
 from dyllm.models.loader import CheckpointError, checkpoint_folder, read_config, resolve_dtype
-from dyllm.policies.registry import make_policy
+from dyllm.policies.plugins import load_plugins, plugin_sources
+from dyllm.policies.registry import BuildContext, build_policy, registered_policy
 from dyllm.reference.registry import resolve_model_path
 
 ARGUMENT_ERRORS = (ValueError, FileNotFoundError, CheckpointError, ConfigError, KeyError)
 
-POLICY_PARAMS = (
-    "tau",
-    "k",
-    "prompt_interval",
-    "gen_interval",
-    "transfer_ratio",
-    "warmup_steps",
-    "prompt_refresh_every",
-    "attention",
-)
-NUMERIC_POLICY_PARAMS = tuple(key for key in POLICY_PARAMS if key != "attention")
-"""Every policy parameter but `attention` ("approximate" or "frozen")."""
 GEN_KWARGS_IGNORED = ("do_sample", "max_gen_toks", "until")
 
 
@@ -78,9 +67,10 @@ class DyLLMEvalModel(LM):
             self.batch_size = parse_batch_size(batch_size)
             folder = checkpoint_folder(resolve_model_path(str(pretrained)))
             family = read_config(folder).family
-            policy_params = {key: options.pop(key) for key in POLICY_PARAMS if key in options}
-            _check_numbers(policy_params)
-            self.policy = make_policy(str(policy), family, **policy_params)
+            load_plugins(plugin_sources())  # DYLLM_PLUGINS: users' own policies
+            accepted = {parameter.name for parameter in registered_policy(str(policy)).parameters}
+            policy_params = {key: options.pop(key) for key in list(options) if key in accepted}
+            self.policy = build_policy(str(policy), policy_params, BuildContext(family=family))
             check_option_names(options)
             if dtype is not None:
                 resolve_dtype(dtype)
@@ -171,15 +161,6 @@ class DyLLMEvalModel(LM):
             "dyllm serves generate_until tasks only: perplexity needs a left-to-right "
             "likelihood, which a masked diffusion LM does not define"
         )
-
-
-def _check_numbers(policy_params: dict[str, Any]) -> None:
-    """lm-eval passes a model argument that does not parse as a number as a string."""
-    for key, value in policy_params.items():
-        if key in NUMERIC_POLICY_PARAMS and (
-            isinstance(value, bool) or not isinstance(value, (int, float))
-        ):
-            raise EvalUsageError(f"--model_args: {key}={value!r} must be a number")
 
 
 def _message(error: Exception) -> str:
