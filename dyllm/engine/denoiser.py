@@ -11,7 +11,7 @@ Host synchronisations of a sparse step: one when it starts (query and refresh co
 whether the queries form one span: every shape the step needs, known before layer 0) and one when
 it ends (the counts for the statistics and the capacity check); none inside the layer loop.
 A step whose guessed capacity overflowed runs once more (see `sparse_step`), adding one more
-of each.
+read-back at its end.
 """
 
 from __future__ import annotations

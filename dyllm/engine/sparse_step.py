@@ -19,10 +19,10 @@ device; reading a count back (`nonzero`, `int(mask.sum())`) would stall a GPU's 
 every layer. So each layer's row sets have a *capacity* fixed on the host before the step starts
 (`row_sets.PaddedRows`): the policy's `row_budget` when it has one (exact: top-k, Fast-dLLM,
 dLLM-Cache), otherwise a guess from the previous sparse step. Kernels compute all C slots and
-write only the valid ones. Counts, and whether any layer selected more rows than its capacity,
-stay on the device until the step ends and are read back once (`SparseStep.finish`). An overflow
-means the step's answer is incomplete: the caller restores the rows this step wrote (kept aside
-whenever a capacity was guessed) and runs the step again with room for every query row, so the
+write only the valid ones. The counts stay on the device until the step ends and are read back
+once (`SparseStep.finish`); a layer that needed more rows than its capacity held means the step's
+answer is incomplete: the caller restores the rows this step wrote (kept aside whenever a
+capacity was guessed, `undo`) and runs the step again with room for every query row, so the
 result never depends on the guess.
 """
 
@@ -168,7 +168,7 @@ class SparseStep:
         return self.model.logits(h[_batch_column(logit_rows), logit_rows])
 
     def finish(self) -> StepOutcome:
-        """The step's counts and overflow flag: the one read back to the host (one sync)."""
+        """The step's counts per layer: the one read back to the host (one sync)."""
         layers = len(self.capacities.select)
         values = torch.stack(self._device_counts).view(layers, 4).tolist()
         return StepOutcome(
