@@ -1,4 +1,5 @@
-"""The sparse step reads nothing back to the host inside its layer loop.
+"""With planned capacities (a GPU's default), the sparse step reads nothing back to the host
+inside its layer loop.
 
 On a GPU every read-back (`.item()`, `bool(t)`, `int(t)`, `.tolist()`, `nonzero`, a boolean-mask
 index) waits for the launch queue to drain. `SyncCounter`, a `TorchFunctionMode`, records each
@@ -62,6 +63,14 @@ def _has_bool_index(index: object) -> bool:
 
 
 PROMPTS = [[5, 17, 33, 8], [9, 4, 61, 2, 70, 12]]
+
+
+@pytest.fixture(autouse=True)
+def planned_capacities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What CUDA tensors get by default (the CPU default reads counts back: free there)."""
+    monkeypatch.setenv("DYLLM_ROW_CAPACITY", "planned")
+
+
 OPTIONS = {"gen_length": 16, "steps": 16, "block_length": 8}
 
 
@@ -115,6 +124,7 @@ def _syncs_per_generation(num_layers: int, policy, family: str) -> tuple[int, in
 @pytest.mark.parametrize("family", ["llada", "dream"])
 @pytest.mark.parametrize("policy_name", ["topk", "fast-dual", "dllm-cache", "dyllm"])
 def test_syncs_do_not_grow_with_the_layers(family, policy_name):
+    """Every read-back is counted over the whole call: the sampler's and the engine's."""
     build = {
         "topk": lambda: TopK(0.25, warmup_steps=2),
         "fast-dual": DualCache,
@@ -127,3 +137,11 @@ def test_syncs_do_not_grow_with_the_layers(family, policy_name):
         assert deep == shallow
     else:  # a step run again reads its outcome back once more, whatever the depth
         assert deep - shallow == deep_retries - shallow_retries
+
+
+def test_the_cpu_default_reads_counts_back_per_layer(monkeypatch):
+    """Documented behaviour: on the CPU each layer's row counts are read back (exact sizes)."""
+    monkeypatch.setenv("DYLLM_ROW_CAPACITY", "auto")
+    shallow, _ = _syncs_per_generation(2, TopK(0.25, warmup_steps=2), "llada")
+    deep, _ = _syncs_per_generation(6, TopK(0.25, warmup_steps=2), "llada")
+    assert deep > shallow

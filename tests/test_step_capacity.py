@@ -13,10 +13,18 @@ import torch
 
 from dyllm.engine import SaliencyDenoiser
 from dyllm.generation import run_sampler
-from dyllm.policies import CosineThreshold, LayerAdaptive
+from dyllm.policies import CosineThreshold, DLLMCache, DualCache, EveryRow, LayerAdaptive, TopK
 from tests.checkpoints import tiny_model
 
 PROMPTS = [[5, 17, 33, 8], [9, 4, 61, 2, 70, 12]]
+
+
+@pytest.fixture(autouse=True)
+def planned_capacities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capacities planned before each step, as on a GPU (the CPU default reads counts back)."""
+    monkeypatch.setenv("DYLLM_ROW_CAPACITY", "planned")
+
+
 OPTIONS = {"gen_length": 16, "steps": 16, "block_length": 8}
 
 
@@ -33,9 +41,11 @@ class RecordingSaliencyDenoiser(SaliencyDenoiser):
         return logits
 
 
-def _run(model, policy, guess):
+def _run(model, policy, guess=None):
+    """Generate with a recording denoiser; `guess` replaces the capacity guess when given."""
     denoiser = RecordingSaliencyDenoiser(model, policy, check_invariants=True)
-    denoiser._guess = guess
+    if guess is not None:
+        denoiser._guess = guess
     result = run_sampler(model, PROMPTS, denoiser, **OPTIONS)
     return result, denoiser
 
@@ -96,3 +106,33 @@ def test_layer_budgets_cover_the_previous_layer():
     result = run_sampler(model, PROMPTS, SaliencyDenoiser(model, policy), **OPTIONS)
     assert result.stats.extra["capacity_retries"] == 0
     assert [policy.row_budget(None, layer, 20) for layer in range(3)] == [10, 10, 5]
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        lambda: CosineThreshold(0.99, warmup_steps=2),
+        lambda: TopK(0.25, warmup_steps=2),
+        DualCache,
+        lambda: DLLMCache(prompt_interval=5, gen_interval=3),
+        EveryRow,
+    ],
+    ids=["dyllm", "topk", "fast-dual", "dllm-cache", "every-row"],
+)
+def test_read_back_counts_give_the_planned_answer(family, policy, monkeypatch):
+    model = tiny_model(family, num_layers=3, never_predicts_mask=True)
+    planned, planned_steps = _run(model, policy())
+    monkeypatch.setenv("DYLLM_ROW_CAPACITY", "read-back")
+    exact, exact_steps = _run(model, policy())
+    assert exact.token_ids == planned.token_ids
+    assert exact.stats.extra["capacity_retries"] == 0
+    for ours, theirs in zip(exact_steps.logits, planned_steps.logits, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
+
+
+def test_an_unknown_capacity_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("DYLLM_ROW_CAPACITY", "sometimes")
+    model = tiny_model("llada", num_layers=2, never_predicts_mask=True)
+    with pytest.raises(ValueError, match=r"DYLLM_ROW_CAPACITY='sometimes'; choose one of auto"):
+        _run(model, TopK(0.25, warmup_steps=2))

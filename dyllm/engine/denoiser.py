@@ -7,16 +7,18 @@ activation sink) or the sparse step, and keeps the per-layer statistics. Logits 
 the columns the sampler reads (`ctx.logit_start` to `ctx.logit_end`); a plan whose queries do not
 cover them is refused.
 
-Host synchronisations of a sparse step: one when it starts (query and refresh counts, and
-whether the queries form one span: every shape the step needs, known before layer 0) and one when
-it ends (the counts for the statistics and the capacity check); none inside the layer loop.
-A step whose guessed capacity overflowed runs once more (see `sparse_step`), adding one more
-read-back at its end.
+Host synchronisations of a sparse step with planned capacities (the default off the CPU): one
+when it starts (query and refresh counts, and whether the queries form one span: every shape the
+step needs, known before layer 0) and one when it ends (the counts for the statistics and the
+capacity check); none inside the layer loop. A step whose guessed capacity overflowed runs once
+more (see `sparse_step`), adding one more read-back at its end. On the CPU the default reads each
+layer's row counts back instead (`row_capacity_mode`), which costs nothing there.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -28,6 +30,12 @@ from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.step import StepContext
 from dyllm.models.transformer import DiffusionTransformer
 from dyllm.policies.base import SaliencyPolicy, StepPlan
+
+ROW_CAPACITY_MODES = ("auto", "planned", "read-back")
+"""`DYLLM_ROW_CAPACITY`: how a sparse step sizes its row sets. `planned`: capacities fixed before
+the step (no read-back inside the layer loop: what a GPU needs); `read-back`: each layer's count
+read back as it runs (exact; free on the CPU); `auto` (default): read-back on the CPU, planned
+elsewhere."""
 
 GUESS_MARGIN = 1.5
 """A guessed capacity is this many times the most rows a sequence needed at that layer in the
@@ -89,7 +97,10 @@ class SaliencyDenoiser(Denoiser):
         # (ascending) query positions, starting after the queries left of the window
         first_slot = (query_rows.index < ctx.logit_start).sum(dim=1, keepdim=True)  # [B, 1]
         logit_rows = first_slot + torch.arange(ctx.logit_end - ctx.logit_start, device=x.device)
-        capacities = self._capacities(ctx, query_rows.count, most_refreshed)
+        if row_capacity_mode(x.device) == "read-back":
+            capacities = Capacities.read_back_counts(self.model.config.num_layers)
+        else:
+            capacities = self._capacities(ctx, query_rows.count, most_refreshed)
         written = self.cache.written_state() if capacities.guessed else []
         while True:
             step = SparseStep(
@@ -212,3 +223,15 @@ class SaliencyDenoiser(Denoiser):
 def _refreshes_what_it_selected(policy: SaliencyPolicy) -> bool:
     """Whether `policy` keeps the default `rows_to_refresh` (the previous layer's selection)."""
     return type(policy).rows_to_refresh is SaliencyPolicy.rows_to_refresh
+
+
+def row_capacity_mode(device: torch.device) -> str:
+    """ "planned" or "read-back" for tensors on `device`, as `DYLLM_ROW_CAPACITY` says."""
+    choice = os.environ.get("DYLLM_ROW_CAPACITY", "auto")
+    if choice not in ROW_CAPACITY_MODES:
+        raise ValueError(
+            f"DYLLM_ROW_CAPACITY={choice!r}; choose one of {', '.join(ROW_CAPACITY_MODES)}"
+        )
+    if choice == "auto":
+        return "read-back" if device.type == "cpu" else "planned"
+    return choice

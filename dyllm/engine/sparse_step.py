@@ -14,16 +14,19 @@ Per layer, for the step's query rows (docs/sparse-step.md, docs/architecture.md)
 
 Rows that are not queries are not touched at all: their K/V, context and FFN output stay cached.
 
-**No host synchronisation inside the layer loop.** Which rows a layer selects is only known on the
-device; reading a count back (`nonzero`, `int(mask.sum())`) would stall a GPU's launch queue at
-every layer. So each layer's row sets have a *capacity* fixed on the host before the step starts
+**No host synchronisation inside the layer loop** (on a GPU). Which rows a layer selects is only
+known on the device; reading a count back (`nonzero`, `int(mask.sum())`) would stall a GPU's
+launch queue at every layer. So each layer's row sets have a *capacity* fixed on the host before
+the step starts
 (`row_sets.PaddedRows`): the policy's `row_budget` when it has one (exact: top-k, Fast-dLLM,
 dLLM-Cache), otherwise a guess from the previous sparse step. Kernels compute all C slots and
 write only the valid ones. The counts stay on the device until the step ends and are read back
 once (`SparseStep.finish`); a layer that needed more rows than its capacity held means the step's
 answer is incomplete: the caller restores the rows this step wrote (kept aside whenever a
 capacity was guessed, `undo`) and runs the step again with room for every query row, so the
-result never depends on the guess.
+result never depends on the guess. On the CPU, where operations run synchronously and reading a
+count back costs nothing, the default is to read each set's size back instead (`Capacities.
+read_back`): exact row counts, no padding, no retry. `DYLLM_ROW_CAPACITY` overrides the choice.
 """
 
 from __future__ import annotations
@@ -104,10 +107,23 @@ class Capacities:
     select: list[int]
     guessed: bool
     """Some capacity is a guess (a layer may need more: keep what the step overwrites)."""
+    read_back: bool = False
+    """Ignore the lists: read each set's size back from the device as the layer runs (exact,
+    and free on the CPU, where operations run synchronously; a stall per layer on a GPU)."""
 
     @classmethod
     def every_query(cls, layers: int, query_count: int) -> Capacities:
         return cls([query_count] * layers, [query_count] * layers, guessed=False)
+
+    @classmethod
+    def read_back_counts(cls, layers: int) -> Capacities:
+        return cls([0] * layers, [0] * layers, guessed=False, read_back=True)
+
+    def fit(self, planned: int, rows_in_queries: torch.Tensor) -> int:
+        """The capacity for `rows_in_queries` (bool [B, Q]): `planned`, or read back."""
+        if self.read_back:
+            return int(rows_in_queries.sum(dim=1).max()) if rows_in_queries.numel() else 0
+        return planned
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,8 @@ class StepOutcome:
 
     def overflowing_layer(self, capacities: Capacities) -> int | None:
         """The first layer whose rows did not fit its capacities, or None."""
+        if capacities.read_back:
+            return None
         for layer, (refreshed, selected) in enumerate(
             zip(self.most_refreshed, self.most_selected, strict=True)
         ):
@@ -194,8 +212,6 @@ class SparseStep:
     def _layer(self, layer: DecoderLayer, index: int, h: torch.Tensor) -> torch.Tensor:
         """One layer over the query rows' hidden states h [B, Q, d]."""
         cache, queries, buffers = self.cache, self.queries, self.cache[index]
-        refresh_capacity = self.capacities.refresh[index]
-        select_capacity = self.capacities.select[index]
         keep_undo = self.capacities.guessed
         undo = _Undo()
         self._undo.append(undo)
@@ -214,7 +230,9 @@ class SparseStep:
         refresh = refresh & queries.mask
 
         # 1. K/V of the refreshed rows (slots among the queries), RoPE, cache write, dV
-        refreshed = PaddedRows.from_mask(refresh.gather(1, queries.index), refresh_capacity)
+        refresh_in_queries = refresh.gather(1, queries.index)  # [B, Q]
+        refresh_capacity = self.capacities.fit(self.capacities.refresh[index], refresh_in_queries)
+        refreshed = PaddedRows.from_mask(refresh_in_queries, refresh_capacity)
         slots = refreshed.flat()
         canvas_rows = FlatRows(
             slots.batch_index, queries.index[slots.batch_index, slots.position], slots.valid
@@ -269,7 +287,9 @@ class SparseStep:
 
         # 4. o_proj on every query row; the FFN on the selected rows only
         h = h + layer.o_proj(context_new)  # out of place: the h passed in belongs to the caller
-        chosen = PaddedRows.from_mask(selected.gather(1, queries.index), select_capacity)
+        selected_in_queries = selected.gather(1, queries.index)  # [B, Q]
+        select_capacity = self.capacities.fit(self.capacities.select[index], selected_in_queries)
+        chosen = PaddedRows.from_mask(selected_in_queries, select_capacity)
         ffn_slots = chosen.flat()
         positions = queries.index[ffn_slots.batch_index, ffn_slots.position]
         if keep_undo:
