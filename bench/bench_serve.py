@@ -1,19 +1,22 @@
 """Load benchmark of `dyllm serve` over loopback: requests/s and latency at concurrency 1, 4, 16.
 
-Two servers are started as subprocesses (`dyllm serve`, one torch thread each, one at a time):
-one that batches (`--max-batch-size 16`) and one that serves one request at a time
-(`--max-batch-size 1`). Against each, for the dense policy and for DyLLM (chosen per request, the
-`policy` field), a client keeps `concurrency` requests in flight until a fixed number has been
-sent, or the time limit has passed; every request is a greedy completion of a reference task
-prompt (the prompts cycle through the four tasks, so batches are left-padded).
+Two servers run as subprocesses (`dyllm serve`, one torch thread each): one that batches
+(`--max-batch-size 16`) and one that serves one request at a time (`--max-batch-size 1`). For the
+dense policy and for DyLLM (chosen per request, the `policy` field) and each concurrency, a client
+keeps `concurrency` requests in flight until a fixed number has been sent (or the time limit has
+passed), against one server and then the other, in ABBA order over `--passes` passes, so that
+load drifting on a shared machine hits both servers alike. Every request is a greedy completion
+of a reference task prompt (the prompts cycle through the four tasks, so batches are
+left-padded).
 
-Reported per run: requests/s (completed requests over the run's wall time), p50 / p95 latency,
-the mean batch size the server saw (from its /metrics), errors; and per policy and concurrency
-the speed-up batching gives over serving one request at a time (requests/s of the batching
-server over that of the one-at-a-time server at the same concurrency).
+Reported per server, policy and concurrency (all passes together): requests/s (completed
+requests over the wall time of the passes), p50 / p95 latency, the mean batch the server formed
+(from its /metrics), errors; and the speed-up batching gives over serving one request at a time
+(requests/s of the batching server over that of the one-at-a-time server at the same
+concurrency and policy).
 
-    python bench/bench_serve.py                  # 48 requests per run, ~1 min on 2 CPU cores
-    python bench/bench_serve.py --requests 16    # quicker
+    python bench/bench_serve.py                          # 24 requests x 2 passes a cell, ~2 min
+    python bench/bench_serve.py --requests 8 --passes 1  # a quick look
 
 Writes bench/results/serve-llada-ref-cpu.json (and a PNG when matplotlib is installed). Loopback
 only: the servers bind 127.0.0.1.
@@ -50,8 +53,9 @@ TASKS = ("mul3", "sort", "cumsum", "rot13")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llada-ref")
-    parser.add_argument("--requests", type=int, default=48, help="requests per run (48)")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per run (60)")
+    parser.add_argument("--requests", type=int, default=24, help="requests per pass (24)")
+    parser.add_argument("--passes", type=int, default=2, help="ABBA passes per cell (2)")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per pass (60)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/serve-llada-ref-cpu.json")
     args = parser.parse_args()
@@ -60,22 +64,24 @@ def main() -> None:
 
     runs = []
     began = time.perf_counter()
-    for max_batch in (16, 1):
-        with ServerProcess(args.model, max_batch, args.batch_window_ms) as server:
-            for policy in POLICIES:
+    with (
+        ServerProcess(args.model, 16, args.batch_window_ms) as batching,
+        ServerProcess(args.model, 1, args.batch_window_ms) as single,
+    ):
+        servers = {"batching": batching, "one at a time": single}
+        for policy in POLICIES:
+            for server in servers.values():
                 warm(server.url, args.model, prompts, policy)
-                for concurrency in CONCURRENCY:
-                    before = batch_totals(server.url)
-                    run = asyncio.run(
-                        load(server.url, args.model, prompts, policy, concurrency, args)
-                    )
-                    after = batch_totals(server.url)
-                    batches = after[1] - before[1]
-                    run.update(
-                        server="batching" if max_batch > 1 else "one at a time",
-                        max_batch_size=max_batch,
-                        mean_batch_size=(after[0] - before[0]) / batches if batches else None,
-                    )
+            for concurrency in CONCURRENCY:
+                passes: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+                for number in range(args.passes):
+                    order = list(servers) if number % 2 == 0 else list(servers)[::-1]
+                    for name in order:
+                        passes[name].append(
+                            measure(servers[name], prompts, policy, concurrency, args)
+                        )
+                for name, measured in passes.items():
+                    run = summarize(measured, name, servers[name].max_batch, policy, concurrency)
                     runs.append(run)
                     print(format_run(run), flush=True)
     speedups = {
@@ -89,12 +95,13 @@ def main() -> None:
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "gpu": None,
-            "note": "2-core CPU shared with other work, no GPU; server: 1 torch thread",
+            "note": "2-core CPU shared with other work, no GPU; each server: 1 torch thread",
             "python": platform.python_version(),
         },
         "settings": {
             "model": args.model,
-            "requests_per_run": args.requests,
+            "requests_per_pass": args.requests,
+            "passes": args.passes,
             "time_limit_s": args.time_limit,
             "batch_window_ms": args.batch_window_ms,
             "request": {"max_tokens": "checkpoint default (24)", "temperature": 0},
@@ -115,10 +122,51 @@ def main() -> None:
     print(f"total {report['total_seconds']:.0f} s")
 
 
+def measure(
+    server: ServerProcess, prompts: list[str], policy: str, concurrency: int, args
+) -> dict[str, Any]:
+    """One pass against `server`, with the batches it formed meanwhile."""
+    before = batch_totals(server.url)
+    measured = asyncio.run(load(server.url, args.model, prompts, policy, concurrency, args))
+    after = batch_totals(server.url)
+    measured["batched_requests"] = after[0] - before[0]
+    measured["batches"] = after[1] - before[1]
+    return measured
+
+
+def summarize(
+    passes: list[dict[str, Any]], server: str, max_batch: int, policy: str, concurrency: int
+) -> dict[str, Any]:
+    latencies = sorted(latency for one in passes for latency in one["latencies"])
+    seconds = sum(one["seconds"] for one in passes)
+    batches = sum(one["batches"] for one in passes)
+    return {
+        "server": server,
+        "max_batch_size": max_batch,
+        "policy": policy,
+        "concurrency": concurrency,
+        "passes": len(passes),
+        "requests": sum(one["sent"] for one in passes),
+        "completed": len(latencies),
+        "errors": sum(one["errors"] for one in passes),
+        "seconds": seconds,
+        "requests_per_s": len(latencies) / seconds,
+        "requests_per_s_per_pass": [len(one["latencies"]) / one["seconds"] for one in passes],
+        "p50_latency_s": statistics.median(latencies) if latencies else None,
+        "p95_latency_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+        if latencies
+        else None,
+        "mean_batch_size": sum(one["batched_requests"] for one in passes) / batches
+        if batches
+        else None,
+    }
+
+
 class ServerProcess:
     """`dyllm serve` in a subprocess on a free loopback port."""
 
     def __init__(self, model: str, max_batch: int, window_ms: float) -> None:
+        self.max_batch = max_batch
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [
@@ -178,7 +226,8 @@ def warm(url: str, model: str, prompts: list[str], policy: str) -> None:
 async def load(
     url: str, model: str, prompts: list[str], policy: str, concurrency: int, args
 ) -> dict[str, Any]:
-    """`args.requests` requests, `concurrency` in flight, stopped at the time limit."""
+    """`args.requests` requests, `concurrency` in flight, stopped at the time limit: the wall
+    time and each completed request's latency."""
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -203,20 +252,7 @@ async def load(
         began = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         seconds = time.perf_counter() - began
-    ordered = sorted(latencies)
-    return {
-        "policy": policy,
-        "concurrency": concurrency,
-        "requests": sent,
-        "completed": len(latencies),
-        "errors": errors,
-        "seconds": seconds,
-        "requests_per_s": len(latencies) / seconds,
-        "p50_latency_s": statistics.median(ordered) if ordered else None,
-        "p95_latency_s": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-        if ordered
-        else None,
-    }
+    return {"sent": sent, "errors": errors, "seconds": seconds, "latencies": latencies}
 
 
 def batch_totals(url: str) -> tuple[float, float]:

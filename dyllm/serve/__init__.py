@@ -14,7 +14,7 @@ The command line imports this package only for `dyllm serve`, so the core instal
 | `worker.py` | the model's one thread: a generate call per batch, streaming from `on_step` |
 | `streaming.py` | finished blocks to text, stop strings, canvas rendering, SSE bytes |
 | `metrics.py` | Prometheus metrics and the middleware that counts responses |
-| `security.py` | the API key check (Bearer, constant-time) and the closed defaults |
+| `security.py` | the API key check (Bearer, constant-time), the body limit, the closed defaults |
 | `settings.py` | the server's settings and the loaded model |
 | `app.py` | the FastAPI app: routes, waiting, streaming, shutdown |
 | `server.py` | uvicorn in the foreground (`dyllm serve`) or on a background thread |

@@ -29,6 +29,7 @@ log = logging.getLogger("dyllm.serve")
 
 def serve(settings: ServeSettings, log_level: str = "info") -> None:
     """Load the model and serve it until interrupted (blocking)."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     settings = settings.with_api_key_from_environment()
     if settings.threads:
         import torch
