@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test,docs,plots,eval]"
+	$(BIN)/pip install -q -e ".[test,docs,plots,eval,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,5 +1,5 @@
 """The `dyllm` command line: `generate` text, `info` on a checkpoint, draw a `trace`, `bench`,
-list the registered `policies`.
+list the registered `policies`, `serve` a model over an OpenAI-compatible HTTP API.
 
 Every option keeps the name the reference samplers use (`--steps`, `--gen-length`,
 `--block-length`, `--remasking`, `--alg`, ...). Options left unset are not passed on, so the
@@ -11,6 +11,9 @@ exit status 2, never a traceback.
 Policies come from the registry (`dyllm.policies.registry`): `--policy NAME[:KEY=VALUE,...]` and
 `--policy-arg KEY=VALUE` for generate, `--method` for bench, with `--plugin` (or DYLLM_PLUGINS) to
 load a user's own; this file names no policy and no policy parameter.
+
+`serve` imports `dyllm.serve` only when run, so the core install needs none of the `serve`
+extra's packages; without them it ends with one line saying which extra to install.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     trace.set_defaults(run=_run_trace)
 
     _add_bench(commands)
+    _add_serve(commands)
 
     policies = commands.add_parser(
         "policies", help="list the registered policies and their parameters"
@@ -194,6 +198,104 @@ def _add_bench(commands) -> None:
     bench.add_argument("--no-plot", action="store_true", help="write no PNG")
     bench.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     bench.set_defaults(run=_run_bench)
+
+
+SERVE_EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "prometheus_client", "pydantic")
+"""What `pip install 'dyllm[serve]'` brings; a missing one gets the one-line hint."""
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (needs the serve extra)",
+        description="OpenAI-compatible server: /v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /metrics. Concurrent requests with the same options are "
+        "batched; streams send each block's text as soon as it is final.",
+    )
+    serve.add_argument("--model", help=_model_help())
+    serve.add_argument(
+        "--served-model-name", help="the model name clients send (default: built-in or folder name)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument(
+        "--policy",
+        default="dense",
+        metavar="NAME[:KEY=VALUE,...]",
+        help="default saliency policy of requests that name none (default dense)",
+    )
+    serve.add_argument(
+        "--policy-arg", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    _add_plugin_flag(serve)
+    serve.add_argument(
+        "--max-batch-size", type=int, default=16, help="canvas rows per generate call (16)"
+    )
+    serve.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=10.0,
+        help="how long the oldest queued request waits for batch-mates (10 ms)",
+    )
+    serve.add_argument(
+        "--max-queue", type=int, default=256, help="queued requests before 429 (256)"
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a request may take, queue included (600)",
+    )
+    serve.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' (or set DYLLM_API_KEY, which ps cannot show)",
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="request body limit (1 MiB)"
+    )
+    serve.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    serve.add_argument("--dtype", help="float32, float16 or bfloat16 (default: checkpoint's)")
+    serve.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn's log level (info)",
+    )
+    serve.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from dyllm.serve import ServeSettings, serve
+    except ImportError as error:
+        if error.name is None or error.name.split(".")[0] not in SERVE_EXTRA_MODULES:
+            raise
+        raise ValueError(
+            f"dyllm serve needs the serve extra ({error.name} is not installed): "
+            "pip install 'dyllm[serve]'"
+        ) from None
+
+    _load_plugins(args)
+    settings = ServeSettings(
+        model=args.model or DEFAULT_MODEL,
+        served_model_name=args.served_model_name,
+        device=args.device,
+        dtype=args.dtype,
+        policy=args.policy,
+        policy_args=tuple(args.policy_arg),
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        batch_window_ms=args.batch_window_ms,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+    )
+    serve(settings, log_level=args.log_level)
+    return 0
 
 
 def _add_plugin_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

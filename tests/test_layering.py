@@ -14,9 +14,17 @@ import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "dyllm"
 
-APPLICATIONS = ("dyllm", "dyllm.api", "dyllm.cli", "dyllm.bench", "dyllm.eval", "dyllm.reference")
-"""The top: the public API, the command line, the benchmark, the lm-eval adapter and the
-reference models' tooling may use anything."""
+APPLICATIONS = (
+    "dyllm",
+    "dyllm.api",
+    "dyllm.cli",
+    "dyllm.bench",
+    "dyllm.eval",
+    "dyllm.reference",
+    "dyllm.serve",
+)
+"""The top: the public API, the command line, the benchmark, the lm-eval adapter, the reference
+models' tooling and the HTTP server may use anything."""
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "dyllm.json_files": (),
