@@ -20,6 +20,7 @@ reference models' tooling may use anything."""
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "dyllm.json_files": (),
+    "dyllm.prompt_files": (),
     "dyllm.kernels": (),
     "dyllm.tokenizer": ("dyllm.json_files",),
     "dyllm.models": ("dyllm.kernels", "dyllm.tokenizer", "dyllm.json_files"),
