@@ -251,7 +251,7 @@ class DiffusionTransformer(nn.Module):
 
         Ids outside the vocabulary, positions past `max_position_embeddings` and malformed
         tensors raise a ValueError (TypeError for what is not a tensor) naming the problem; the
-        check reads two numbers back from the device, once per call.
+        check reads the ids' extremes back from the device: one read-back per call.
         """
         self._check_inputs(input_ids, attention_mask, position_ids)
         batch, length = input_ids.shape
