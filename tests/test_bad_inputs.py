@@ -405,7 +405,7 @@ API_CASES: list[tuple[str, Callable[[Env], Any], type[BaseException], str]] = [
         "a message whose content is a number",
         lambda e: _g(e, [{"role": "user", "content": 5}]),
         ValueError,
-        r"prompt 0, message 0: 'content' must be a str, got a int \(5\)",
+        r"prompt 0, message 0: 'content' must be a str, got an int \(5\)",
     ),
     (
         "a text with bytes that were not UTF-8",

@@ -113,7 +113,8 @@ def _kind(item: Any, index: int) -> str:
 def _describe(value: Any) -> str:
     text = repr(value)
     shown = text if len(text) <= 40 else text[:37] + "..."
-    return f"a {type(value).__name__} ({shown})"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} ({shown})"
 
 
 def check_prompt_ids(
