@@ -24,11 +24,15 @@ def load(
     path: str | Path,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
+    check_finite: bool = True,
 ) -> DiffusionTransformer:
     """Load a LLaDA or Dream checkpoint folder, or a built-in model by name.
 
-    See `dyllm.models.load` for what is checked and which errors a bad folder gets. The model
-    carries its tokenizer (`model.tokenizer`, None when the folder has none) and its
-    generation_config.json (`model.generation_defaults`).
+    See `dyllm.models.load` for what is checked and which errors a bad folder gets
+    (`check_finite=False` skips the scan for NaN and infinite weights). The model carries its
+    tokenizer (`model.tokenizer`, None when the folder has none) and its generation_config.json
+    (`model.generation_defaults`).
     """
-    return load_folder(resolve_model_path(path), device=device, dtype=dtype)
+    return load_folder(
+        resolve_model_path(path), device=device, dtype=dtype, check_finite=check_finite
+    )

@@ -5,8 +5,16 @@ Every option keeps the name the reference samplers use (`--steps`, `--gen-length
 `--block-length`, `--remasking`, `--alg`, ...). Options left unset are not passed on, so the
 checkpoint's generation_config.json and the sampler's defaults apply, as in the Python API: an
 unset `--temperature` is greedy for LLaDA and the built-in models, 1.0 for a released Dream
-checkpoint (its reference's). Bad input ends with one line on stderr saying what to change and
-exit status 2, never a traceback.
+checkpoint (its reference's). Two command-line defaults differ from the API's: without `--seed` a
+fresh seed is drawn (and printed with the statistics), and prompts run `--max-batch-size` (16) at
+a time.
+
+Nothing ends in a traceback. Bad input ends with one line on stderr saying what to change and exit
+status 2, checked before the model is loaded where it can be (output paths, matplotlib); Ctrl-C
+ends with one line and status 130; a closed standard output (`| head`) ends quietly; any other
+failure (a full disk, a file that cannot be written after the run, out of memory) with one line
+and status 1, and the answer or table is printed before any side file is written, so it is not
+lost when that write fails.
 
 Policies come from the registry (`dyllm.policies.registry`): `--policy NAME[:KEY=VALUE,...]` and
 `--policy-arg KEY=VALUE` for generate, `--method` for bench, with `--plugin` (or DYLLM_PLUGINS) to
@@ -19,21 +27,33 @@ extra's packages; without them it ends with one line saying which extra to insta
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from dyllm.generation.config import draw_seed
 from dyllm.models.config import ConfigError
 from dyllm.models.loader import CheckpointError
 from dyllm.policies import SaliencyPolicy
 from dyllm.policies.arguments import parse_policy_text
 from dyllm.policies.plugins import PLUGINS_VARIABLE, load_plugins, plugin_sources
 from dyllm.policies.registry import BuildContext, build_policy, policy_names, registered_policy
-from dyllm.reference.registry import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model_path
+from dyllm.reference.registry import (
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    builtin_model_name,
+    resolve_model_path,
+)
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, CheckpointError, ConfigError, KeyError)
+DEFAULT_MAX_BATCH_SIZE = 16
+"""Prompts per batch on the command line (the API's default is one batch for all)."""
+TRACEBACK_VARIABLE = "DYLLM_TRACEBACK"
+"""Set to 1 to see the traceback of an unexpected error instead of its one-line summary."""
 
 SAMPLER_OPTIONS = {
     # flag: (type, help)
@@ -62,23 +82,89 @@ SAMPLER_OPTIONS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    command = f"dyllm {args.command}"
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()
+        return code
     except USAGE_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"dyllm {args.command}: error: {message}", file=sys.stderr)
+        print(f"{command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of standard output went away (`| head`): stop quietly
+        _discard_stdout()
+        return 141
+    except OSError as error:  # e.g. standard output on a full disk
+        _flush_or_discard_stdout()
+        print(f"{command}: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if os.environ.get(TRACEBACK_VARIABLE) == "1":
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "out of memory" in str(error).lower():
+            advice = "run fewer prompts at once (--max-batch-size) or shorter answers"
+            print(f"{command}: error: out of memory ({first_line}); {advice}", file=sys.stderr)
+            return 1
+        print(
+            f"{command}: error: {type(error).__name__}: {first_line} "
+            f"({TRACEBACK_VARIABLE}=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _discard_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so Python's last flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's capture)
+        pass
+
+
+def _flush_or_discard_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _discard_stdout()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyllm", description="Fast inference for masked diffusion language models."
     )
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="generate text from prompts")
     generate.add_argument(
-        "prompts", nargs="*", help="prompt texts (a batch); none: read one prompt from stdin"
+        "prompts",
+        nargs="*",
+        help="prompt texts (a batch); none and no --prompts-file: read one prompt from stdin",
+    )
+    generate.add_argument(
+        "--prompts-file",
+        type=Path,
+        metavar="FILE",
+        help="prompts, one per line (FILE.jsonl: one JSON value per line: a string, a list of "
+        "token ids, a list of messages, or an object with 'prompt' or 'messages'); - for stdin",
+    )
+    generate.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="write one JSON line per prompt (prompt, text, token ids) instead of printing",
+    )
+    generate.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help=f"prompts run together (default {DEFAULT_MAX_BATCH_SIZE}); greedy answers do not "
+        "depend on it",
     )
     generate.add_argument("--model", help=_model_help())
     generate.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
@@ -86,7 +172,10 @@ def _parser() -> argparse.ArgumentParser:
         "--token-ids", action="store_true", help="prompts are comma-separated token ids"
     )
     for name, (kind, text) in SAMPLER_OPTIONS.items():
-        generate.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+        flags = ["--" + name.replace("_", "-")]
+        if name == "gen_length":
+            flags.append("--max-new-tokens")  # Dream's and Hugging Face's name
+        generate.add_argument(*flags, dest=name, type=kind, help=text)
     generate.add_argument("--logits-eos-inf", action="store_true", help="LLaDA: never sample EOS")
     generate.add_argument(
         "--confidence-eos-eot-inf", action="store_true", help="LLaDA: the reference's EoT option"
@@ -111,9 +200,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_plugin_flag(policy)
     policy.add_argument("--trace", type=Path, help="write per-step, per-layer fractions to a JSON")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--seed", type=int, help="seed of every random draw (default: a fresh one, printed)"
+    )
     generate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     generate.add_argument("--dtype", help="float32, float16 or bfloat16 (default: checkpoint's)")
+    generate.add_argument(
+        "--no-check-weights",
+        action="store_true",
+        help="skip the scan of every weight for NaN and infinity at load (see docs/models.md)",
+    )
     generate.add_argument("--json", action="store_true", help="print one JSON object")
     generate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     generate.set_defaults(run=_run_generate)
@@ -329,7 +425,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     from dyllm.reference.tasks import TASK_NAMES
 
     _load_plugins(args)
-    model = args.model or DEFAULT_MODEL
+    model = args.model if args.model is not None else DEFAULT_MODEL
+    resolve_model(model)  # an empty name or a missing folder fails before the run
     settings = BenchSettings(
         model=model,
         methods=[parse_method(text) for text in args.method] if args.method else None,
@@ -343,26 +440,92 @@ def _run_bench(args: argparse.Namespace) -> int:
         block_length=args.block_length,
         device=args.device,
         dtype=args.dtype,
-        threads=args.threads or None,
+        threads=None if args.threads == 0 else args.threads,
         seed=args.seed,
         check_invariants=args.check_invariants,
     )
+    settings.validate()
     for task in settings.tasks:
         if task not in TASK_NAMES:
             raise ValueError(f"unknown task {task!r}; the suite has {', '.join(TASK_NAMES)}")
+    if not args.no_plot:
+        _require_matplotlib("drawing the benchmark", "or pass --no-plot")
+    _prepare_folder(args.out_dir, "--out-dir")
+    stem = args.name or f"{Path(model).name}-{args.device.split(':')[0]}"
+    json_path = args.out_dir / f"{stem}.json"
+    png_path = args.out_dir / f"{stem}.png"
+    for path in (json_path, *(() if args.no_plot else (png_path,))):
+        check_writable(path, "--out-dir")
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_benchmark(settings, log=log)
-    stem = args.name or f"{Path(model).name}-{args.device.split(':')[0]}"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     print("\n" + format_headline(report["headline"]))
-    print(f"JSON: {json_path}")
+    sys.stdout.flush()
+    text = json.dumps(report, indent=2) + "\n"
+    failed = False
+    if _write_side_file("the JSON report", json_path, lambda: json_path.write_text(text)):
+        print(f"JSON: {json_path}")
+    else:
+        failed = True
     if not args.no_plot:
-        print(f"PNG:  {draw_curves(report, args.out_dir / f'{stem}.png')}")
+        if _write_side_file("the plot", png_path, lambda: draw_curves(report, png_path)):
+            print(f"PNG:  {png_path}")
+        else:
+            failed = True
     print(f"total {report['total_seconds']:.1f} s")
-    return 0
+    return 1 if failed else 0
+
+
+def _write_side_file(what: str, path: Path, write: Any) -> bool:
+    """Write a file after the run's output is printed; on failure one line, and False."""
+    try:
+        write()
+    except (OSError, ValueError) as error:
+        print(
+            f"dyllm: error: could not write {what} to {path} ({error}); the output above is "
+            "complete",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """A ValueError naming `flag` when `path` cannot be written (checked before any work)."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path}: permission denied; choose a path you can write")
+
+
+def _prepare_folder(folder: Path, flag: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{flag} {folder} cannot be created ({error.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {folder}: permission denied; choose a folder you can write")
+
+
+def _require_matplotlib(what: str, alternative: str = "") -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(
+            f"{what} needs matplotlib: pip install 'dyllm[plots]'"
+            + (f" ({alternative})" if alternative else "")
+        )
+
+
+def _version() -> str:
+    import platform
+
+    import torch
+
+    from dyllm import __version__
+
+    return f"dyllm {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 def _model_help() -> str:
@@ -372,15 +535,23 @@ def _model_help() -> str:
 
 def resolve_model(name_or_path: str | None) -> Path:
     """A checkpoint folder from a path or a built-in name; the built-in default when None."""
-    return resolve_model_path(name_or_path or DEFAULT_MODEL)
+    return resolve_model_path(DEFAULT_MODEL if name_or_path is None else name_or_path)
 
 
 def _read_prompts(args: argparse.Namespace) -> list:
+    if args.prompts_file is not None:
+        if args.prompts:
+            raise ValueError("give prompts as arguments or with --prompts-file, not both")
+        from dyllm.prompt_files import read_prompts_file
+
+        return read_prompts_file(args.prompts_file, token_ids=args.token_ids)
     prompts = list(args.prompts)
     if not prompts:
         if sys.stdin is None or sys.stdin.isatty():
-            raise ValueError("give a prompt as an argument or on standard input")
-        text = sys.stdin.read().strip()
+            raise ValueError(
+                "give a prompt as an argument, on standard input, or with --prompts-file"
+            )
+        text = _read_stdin().strip()
         if not text:
             raise ValueError("standard input held no prompt")
         prompts = [text]
@@ -392,18 +563,41 @@ def _read_prompts(args: argparse.Namespace) -> list:
         raise ValueError("--token-ids prompts must look like 12,7,301") from None
 
 
+def _read_stdin() -> str:
+    """Standard input as UTF-8 text; a ValueError naming the first byte that is not."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        return sys.stdin.read()
+    data = stream.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"standard input is not UTF-8 text (byte {data[error.start]:#04x} at offset "
+            f"{error.start}); convert it, e.g. with iconv -t UTF-8"
+        ) from None
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     import dyllm
 
     _load_plugins(args)
     prompts = _read_prompts(args)
-    model = dyllm.load(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    for path, flag in ((args.trace, "--trace"), (args.output, "--output")):
+        if path is not None:
+            check_writable(path, flag)
+    folder = resolve_model(args.model)
+    _warn_off_task(folder, prompts, args)
+    model = dyllm.load(
+        folder, device=args.device, dtype=args.dtype, check_finite=not args.no_check_weights
+    )
     options = {name: getattr(args, name) for name in SAMPLER_OPTIONS}
     options = {name: value for name, value in options.items() if value is not None}
     for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
         if getattr(args, flag):
             options[flag] = True
-    options.update(chat=args.chat, seed=args.seed)
+    seed = args.seed if args.seed is not None else draw_seed()  # calibration shares it
+    options.update(chat=args.chat, seed=seed, max_batch_size=args.max_batch_size)
     policy = _policy(args, model, prompts, options)
     result = dyllm.generate(
         model,
@@ -413,21 +607,61 @@ def _run_generate(args: argparse.Namespace) -> int:
         progress=not (args.no_progress or args.json),
         **options,
     )
+    record = {
+        "model": {
+            "name": args.model if args.model is not None else DEFAULT_MODEL,
+            "path": str(folder),
+            "family": model.config.family,
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+        },
+        "policy": policy.describe(),
+        **result.to_dict(),
+    }
+    texts = result.texts or [",".join(map(str, ids)) for ids in result.token_ids]
+    failed = False
+    if args.output is not None:
+        lines = _answer_lines(prompts, result)
+        written = _write_side_file(
+            f"{len(lines)} answer(s)", args.output, lambda: args.output.write_text("".join(lines))
+        )
+        if not written:  # never lose the answers: they go to standard output instead
+            sys.stdout.write("".join(lines))
+            failed = True
+    elif args.json:
+        print(json.dumps(record))
+    else:
+        for number, text in enumerate(texts):
+            prefix = f"[{number}] " if len(texts) > 1 else ""
+            print(prefix + text)
+    sys.stdout.flush()
+    _print_statistics(result)
     if args.trace is not None:
         extra = result.stats.extra
-        args.trace.write_text(json.dumps({"policy": extra["policy"], "trace": extra["trace"]}))
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return 0
-    texts = result.texts or [",".join(map(str, ids)) for ids in result.token_ids]
-    for number, text in enumerate(texts):
-        prefix = f"[{number}] " if len(texts) > 1 else ""
-        print(prefix + text)
+        trace = json.dumps({"policy": extra["policy"], "trace": extra["trace"]})
+        failed |= not _write_side_file(
+            "the trace", args.trace, lambda: args.trace.write_text(trace)
+        )
+    return 1 if failed else 0
+
+
+def _answer_lines(prompts: list, result: Any) -> list[str]:
+    """One JSON line per prompt: its index, the prompt as given, the text and the token ids."""
+    texts = result.texts or [None] * len(result.token_ids)
+    return [
+        json.dumps({"index": index, "prompt": prompt, "text": text, "token_ids": ids}) + "\n"
+        for index, (prompt, text, ids) in enumerate(
+            zip(prompts, texts, result.token_ids, strict=True)
+        )
+    ]
+
+
+def _print_statistics(result: Any) -> None:
     stats = result.stats
     print(
         f"\n{stats.generated_tokens} tokens in {stats.wall_time_s:.2f} s "
         f"({stats.tokens_per_second:.1f} tokens/s), NFE {stats.nfe}, "
-        f"{stats.tokens_per_forward:.2f} tokens per forward",
+        f"{stats.tokens_per_forward:.2f} tokens per forward, seed {result.options.seed}",
         file=sys.stderr,
     )
     if "computed_token_ratio" in stats.extra:
@@ -438,7 +672,28 @@ def _run_generate(args: argparse.Namespace) -> int:
             f"cache {stats.extra['cache_bytes'] / 2**20:.1f} MiB",
             file=sys.stderr,
         )
-    return 0
+
+
+def _warn_off_task(folder: Path, prompts: list, args: argparse.Namespace) -> None:
+    """One stderr line when a built-in reference model gets what it was never trained on."""
+    from dyllm.reference.tasks import TASK_FORMATS, matches_task_format
+
+    name = builtin_model_name(folder)
+    if name is None:
+        return
+    texts = [prompt for prompt in prompts if isinstance(prompt, str)]
+    if any("\ud800" <= character <= "\udfff" for text in texts for character in text):
+        return  # bytes that were not UTF-8: generate refuses the prompt, no warning first
+    off_task = [text for text in texts if not matches_task_format(text)]
+    conversations = len(texts) < len(prompts) and not args.token_ids
+    if not (args.chat or off_task or conversations):
+        return
+    what = "--chat" if args.chat or conversations else f"the prompt {off_task[0][:40]!r}"
+    print(
+        f"dyllm generate: warning: {name} is a tiny reference model trained only on the task "
+        f"prompts {TASK_FORMATS}; for {what} it gives noise (docs/reference-models.md)",
+        file=sys.stderr,
+    )
 
 
 def _policy(args: argparse.Namespace, model, prompts: list, options: dict) -> SaliencyPolicy:
@@ -454,74 +709,28 @@ def _policy(args: argparse.Namespace, model, prompts: list, options: dict) -> Sa
 def _run_trace(args: argparse.Namespace) -> int:
     from dyllm.engine.trace_plot import draw_trace, read_trace
 
+    _require_matplotlib("drawing a trace")
+    out = args.out or args.trace_file.with_suffix(".png")
+    check_writable(out, "--out")
     trace = read_trace(args.trace_file)
-    out = draw_trace(trace, args.out or args.trace_file.with_suffix(".png"))
-    print(out)
+    print(draw_trace(trace, out))
     return 0
-
-
-def describe_checkpoint(folder: Path) -> dict:
-    """Family, shapes, parameter count and memory per dtype, tokenizer and template found."""
-    from dyllm.models.loader import checkpoint_folder, locate_tensors, read_config
-    from dyllm.tokenizer import Tokenizer
-
-    folder = checkpoint_folder(folder)
-    config = read_config(folder)
-    key_to_shard = locate_tensors(folder)
-    tokenizer = Tokenizer.from_pretrained(folder)
-    parameters = config.num_parameters
-    return {
-        "path": str(folder),
-        **config.shape_summary(),
-        "max_position_embeddings": config.max_position_embeddings,
-        "checkpoint_dtype": config.torch_dtype,
-        "parameters": parameters,
-        "weight_memory_bytes": {
-            "float32": parameters * 4,
-            "bfloat16": parameters * 2,
-            "float16": parameters * 2,
-        },
-        "shards": len(set(key_to_shard.values())),
-        "tokenizer": None if tokenizer is None else {"vocab_size": tokenizer.vocab_size},
-        "chat_template": bool(tokenizer is not None and tokenizer.has_chat_template),
-        "mask_token_id": config.mask_token_id,
-        "eos_token_id": config.eos_token_id,
-    }
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from dyllm.models.inspection import describe_checkpoint, format_description
+
     info = describe_checkpoint(resolve_model(args.model))
-    if args.json:
-        print(json.dumps(info))
-        return 0
-    memory = info["weight_memory_bytes"]
-    tokenizer = info["tokenizer"]
-    lines = [
-        f"path           {info['path']}",
-        f"family         {info['family']}",
-        f"shape          {info['layers']} layers, d_model {info['hidden_size']}, "
-        f"{info['heads']} heads ({info['kv_heads']} kv), FFN {info['intermediate_size']}, "
-        f"vocab {info['vocab_size']}",
-        f"parameters     {info['parameters']:,} in {info['shards']} file(s), "
-        f"stored as {info['checkpoint_dtype']}",
-        f"weights        {_size(memory['float32'])} fp32, {_size(memory['bfloat16'])} bf16/fp16",
-        "tokenizer      "
-        + (
-            "none (generate from token ids)"
-            if tokenizer is None
-            else f"{tokenizer['vocab_size']} tokens"
-        ),
-        f"chat template  {'yes' if info['chat_template'] else 'no'}",
-    ]
-    print("\n".join(lines))
+    print(json.dumps(info) if args.json else format_description(info))
+    if info["problems"]:
+        sys.stdout.flush()
+        print(
+            f"dyllm info: error: {len(info['problems'])} problem(s) in {info['path']}: "
+            f"{info['problems'][0]}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes} B"
 
 
 if __name__ == "__main__":

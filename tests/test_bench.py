@@ -252,3 +252,24 @@ def test_a_point_is_measured_against_the_curve_in_log_throughput() -> None:
     assert curve_accuracy_at(curve, 200.0) == pytest.approx(0.7)  # halfway in log scale
     assert curve_accuracy_at(curve, 1000.0) == 0.6  # faster than the curve: its fastest point
     assert curve_accuracy_at(curve, 50.0) == 0.8  # slower: must beat its most accurate point
+
+
+def test_the_table_is_printed_when_the_plot_cannot_be_written(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import dyllm.bench
+
+    def disk_full(report, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dyllm.bench, "draw_curves", disk_full)
+    argv = ["bench", "--method", "dense", "--tokens-per-step", "2", "--threshold"]
+    argv += ["--tasks", "mul3", "--problems-per-task", "2", "--batch-size", "2", "--repeats", "1"]
+    code = main([*argv, "--out-dir", str(tmp_path), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "dense" in captured.out and "JSON:" in captured.out  # the table, and the JSON written
+    check_report(json.loads((tmp_path / "llada-ref-cpu.json").read_text()))
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and "could not write the plot" in errors[0]
+    assert "No space left on device" in errors[0]

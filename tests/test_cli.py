@@ -80,6 +80,7 @@ def test_an_unset_temperature_resolves_as_in_the_python_api(capsys, dream_dir: P
 
     model = dyllm.load(dream_dir)
     argv = ["generate", "--model", str(dream_dir), "--token-ids", "5,6,7", "--json", *FAST]
+    argv += ["--seed", "0"]  # the API's default seed (the command line draws a fresh one)
     sampled = dyllm.generate(model, [[5, 6, 7]], gen_length=8, steps=8).token_ids
     greedy = dyllm.generate(model, [[5, 6, 7]], gen_length=8, steps=8, temperature=0.0).token_ids
     assert sampled != greedy
@@ -276,3 +277,126 @@ def test_the_installed_entry_point_runs(llada_dir: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert "llada" in completed.stdout
+
+
+def test_json_records_the_model_options_and_policy(capsys, llada_dir: Path) -> None:
+    argv = ["generate", "--model", str(llada_dir), "add 12 =", "--json", "--seed", "7", *FAST]
+    code, out, _ = _run(capsys, *argv, "--policy", "topk:k=0.5")
+    assert code == 0
+    record = json.loads(out)
+    assert record["model"] == {
+        "name": str(llada_dir),
+        "path": str(llada_dir),
+        "family": "llada",
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    assert record["policy"]["name"] == "topk" and record["policy"]["k"] == 0.5
+    options = record["options"]
+    assert (options["gen_length"], options["steps"], options["seed"]) == (8, 8, 7)
+    assert (options["block_length"], options["temperature"]) == (8, 0.0)
+    assert options["sampler"] == "llada"
+    assert options["max_batch_size"] == 16
+
+
+def test_without_a_seed_a_fresh_one_is_drawn_printed_and_reproducible(
+    capsys, dream_dir: Path
+) -> None:
+    # Dream's unset temperature is 1.0: sampled tokens depend on the seed
+    argv = ["generate", "--model", str(dream_dir), "--token-ids", "5,6,7", *FAST]
+    seeds, answers = [], []
+    for _ in range(2):
+        code, out, err = _run(capsys, *argv)
+        assert code == 0
+        seeds.append(int(err.split("seed ")[1].split()[0]))
+        answers.append(out)
+    assert seeds[0] != seeds[1]
+    code, out, _ = _run(capsys, *argv, "--seed", str(seeds[0]))
+    assert code == 0 and out == answers[0]
+
+
+def test_version(capsys) -> None:
+    import dyllm
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"dyllm {dyllm.__version__} (torch ")
+
+
+def test_max_new_tokens_is_an_alias_of_gen_length(capsys, dream_dir: Path) -> None:
+    argv = ["generate", "--model", str(dream_dir), "--token-ids", "5,6", "--json", "--seed", "1"]
+    code, out, _ = _run(capsys, *argv, "--max-new-tokens", "6", "--steps", "6", "--no-progress")
+    assert code == 0 and json.loads(out)["options"]["gen_length"] == 6
+
+
+@pytest.mark.parametrize(
+    ("argv", "warned"),
+    [
+        (["Hello, how are you?"], "the prompt 'Hello, how are you?'"),
+        (["sort 3141592653589793 =", "--chat"], "--chat"),
+        (["sort 3141592653589793 ="], None),
+        (["sort 31 ="], "the prompt 'sort 31 ='"),  # the models know 16-digit sorts only
+    ],
+)
+def test_the_reference_models_say_what_they_are(capsys, argv: list[str], warned) -> None:
+    code, _, err = _run(
+        capsys, "generate", *argv, "--gen-length", "8", "--steps", "8", "--no-progress"
+    )
+    assert code == 0
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert warnings[0].startswith(
+            "dyllm generate: warning: llada-ref is a tiny reference model"
+        )
+        assert "'sort D =' (D: 16 digits)" in warnings[0] and warned in warnings[0]
+
+
+def test_the_answer_is_printed_when_the_trace_cannot_be_written(
+    capsys, monkeypatch, tmp_path: Path, llada_dir: Path
+) -> None:
+    trace = tmp_path / "trace.json"
+    real_write = Path.write_text
+
+    def refuse(self: Path, *args, **kwargs):
+        if self == trace:
+            raise PermissionError(13, "Permission denied")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    argv = ["generate", "--model", str(llada_dir), "add 12 =", "--trace", str(trace), *FAST]
+    code, out, err = _run(capsys, *argv, "--policy", "topk:k=0.5")
+    assert code == 1
+    assert out.strip()  # the answer
+    assert "8 tokens in" in err  # the statistics
+    assert "could not write the trace" in err and "Traceback" not in err
+
+
+def test_info_sizes_a_model_before_its_shards_are_downloaded(capsys, tmp_path: Path) -> None:
+    from tests.checkpoints import LLADA_DIR
+
+    for name in ("config.json", "model.safetensors.index.json"):
+        (tmp_path / name).write_bytes((LLADA_DIR / name).read_bytes())
+    code, out, _ = _run(capsys, "info", str(tmp_path), "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["parameters"] == 8_015_581_184
+    assert (info["shards"], info["shards_present"], len(info["missing_shards"])) == (6, 0, 6)
+    assert info["stored_bytes"] == 2 * 8_015_581_184
+    assert info["checkpoint_dtype"] == "bfloat16" and info["stored_dtypes"] == {}
+    code, out, _ = _run(capsys, "info", str(tmp_path))
+    assert "in 6 file(s) (none downloaded yet), config.json says bfloat16" in out
+    assert "14.93 GiB on disk" in out
+
+
+def test_info_reports_the_stored_dtype_from_the_headers(capsys, tmp_path: Path) -> None:
+    write_tiny_checkpoint("llada", tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw["torch_dtype"] = "bfloat16"
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    code, out, _ = _run(capsys, "info", str(tmp_path))
+    assert code == 0
+    assert "stored as float32 (config.json says bfloat16)" in out

@@ -28,6 +28,7 @@ models' tooling and the HTTP server may use anything."""
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "dyllm.json_files": (),
+    "dyllm.prompt_files": (),
     "dyllm.kernels": (),
     "dyllm.tokenizer": ("dyllm.json_files",),
     "dyllm.models": ("dyllm.kernels", "dyllm.tokenizer", "dyllm.json_files"),

@@ -72,6 +72,10 @@ class BenchSettings:
         for name, value in (("batch_size", self.batch_size), ("repeats", self.repeats)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(
+                f"threads must be at least 1, got {self.threads} (--threads 0 keeps torch's)"
+            )
         if not self.tasks:
             raise ValueError("give at least one task")
 

@@ -76,6 +76,11 @@ class SaliencyDenoiser(Denoiser):
                 self.model.config, batch, length, x.device, self.model.dtype, self.check_invariants
             )
         plan = self.policy.plan(ctx)
+        if not isinstance(plan, StepPlan):
+            raise ValueError(
+                f"policy {self.policy.name!r}: plan must return a StepPlan, got "
+                f"{type(plan).__name__}"
+            )
         self.nfe += 2 if ctx.classifier_free_guidance else 1
         self.last_step_dense = plan.dense
         if plan.dense:
@@ -191,6 +196,13 @@ class SaliencyDenoiser(Denoiser):
         select, guessed = [], False
         for layer in range(layers):
             budget = self.policy.row_budget(ctx, layer, query_count)
+            if budget is not None and (
+                isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget != budget
+            ):
+                raise ValueError(
+                    f"policy {self.policy.name!r}: row_budget must return a number of rows or "
+                    f"None, got {budget!r} at layer {layer}"
+                )
             if budget is None:
                 budget = self._guess(layer, query_count)
                 guessed = guessed or budget < query_count
@@ -211,6 +223,13 @@ class SaliencyDenoiser(Denoiser):
     def _remember(self, outcome: StepOutcome, query_count: int) -> None:
         needed = map(max, outcome.most_refreshed, outcome.most_selected)
         self._needed_fraction = [most / max(query_count, 1) for most in needed]
+
+    def new_batch(self) -> None:
+        """The next batch of the call: caches and policy state start afresh (the statistics and
+        NFE keep counting, over the whole call)."""
+        self.cache = None
+        self._needed_fraction = None
+        self.policy.reset(self.model.config.num_layers)
 
     def extra_stats(self) -> dict[str, Any]:
         stats = self.statistics.summary()

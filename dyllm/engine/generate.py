@@ -20,6 +20,7 @@ from dyllm.generation import (
     run_sampler,
 )
 from dyllm.generation.prompts import PromptInput
+from dyllm.generation.run import check_model
 from dyllm.models import DiffusionTransformer
 from dyllm.policies import Dense, SaliencyPolicy
 
@@ -56,8 +57,13 @@ def generate(
 ) -> GenerationResult:
     """Generate after each prompt with the family's reference sampler, stepping as `policy` says.
 
-    prompts: a str, a list of str, a list of token ids, or a list of lists of token ids.
-    config: base options; `options` (same names as `GenerationConfig` fields) override it.
+    prompts: a str, a list of str, a list of token ids, a list of lists of token ids, or
+        conversations (a list of {"role": ..., "content": ...} messages, or a list of such
+        lists), which the checkpoint's chat template renders.
+    config: base options; `options` (same names as `GenerationConfig` fields, or the alias
+        `max_new_tokens` for `gen_length`) override it. `max_batch_size=N` runs the prompts N at
+        a time (greedy tokens are those of one batch); `seed=None` draws a fresh seed, reported
+        in `result.options.seed`.
     policy: None or `Dense()` for full forwards; any `SaliencyPolicy` for the saliency engine.
     trace: keep per-step, per-layer recompute fractions in `result.stats.extra["trace"]`.
     check_invariants: assert the cache's written-row bookkeeping at every layer (slow on a GPU:
@@ -66,5 +72,6 @@ def generate(
     on_step: called after every step with a `StepReport` (canvas, committed positions, whether
         the step ran dense, the denoiser's wall time).
     """
+    check_model(model)
     denoiser = make_denoiser(model, policy, trace=trace, check_invariants=check_invariants)
     return run_sampler(model, prompts, denoiser, config, chat=chat, on_step=on_step, **options)

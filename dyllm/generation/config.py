@@ -20,12 +20,17 @@ means what it means in Dream's `sample_tokens`: no top-p / top-k filter, no `alg
 
 Explicitly off: `top_k=0` (no top-k filter; the reference's explicit `top_k=None`) and
 `top_p=1.0` (no nucleus filter).
+
+Aliases: `max_new_tokens` (Dream's and Hugging Face's name) is `gen_length`. `seed=None` draws a
+fresh seed, which the result's options report; the default stays 0 so that a script, a test or
+an evaluation gives the same samples every time it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +65,12 @@ NO_TOP_K = 0
 DREAM_NULL_MEANS: dict[str, Any] = {"top_p": 1.0, "top_k": NO_TOP_K, "alg_temp": None}
 """A null in generation_config.json for these keys: the filter (or alg_temp) is off."""
 
+OPTION_ALIASES: dict[str, str] = {"max_new_tokens": "gen_length"}
+"""Other names an option is known by: {alias: option}."""
+
+FRESH_SEED_BITS = 31
+"""`seed=None` draws a seed below 2**31, short enough to copy from a report."""
+
 DREAM_ONLY = ("alg", "alg_temp", "top_p", "top_k", "eps")
 LLADA_ONLY_DEFAULTS: dict[str, Any] = {
     "cfg_scale": 0.0,
@@ -84,8 +95,9 @@ class GenerationConfig:
     gen_length), gen_length for Dream (one block, the reference)."""
     temperature: float | None = None
     """0 = greedy; None = the checkpoint's value, else LLaDA 0, Dream 1.0 (its reference's)."""
-    seed: int = 0
-    """Seeds the one torch.Generator behind every random draw."""
+    seed: int | None = 0
+    """Seeds the one torch.Generator behind every random draw (0 to 2**64 - 1); None draws a
+    fresh one, reported in `result.options`."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked token of the block with confidence
     >= threshold (always the most confident one)."""
@@ -96,6 +108,9 @@ class GenerationConfig:
     """Stop once every row's text is final (an EOS with nothing masked before it)."""
     progress: bool = False
     """Show a tqdm bar over steps."""
+    max_batch_size: int | None = None
+    """Most prompts run together; more are run in batches of this size, one after another
+    (greedy results are those of one batch: padding never changes a row). None = one batch."""
     sampler: str | None = None
     """"llada" or "dream"; None = the model's family."""
     cfg_scale: float = 0.0
@@ -135,6 +150,7 @@ class GenerationConfig:
 
     def replace(self, **changes: Any) -> GenerationConfig:
         """A copy with `changes` applied; unknown names raise a ValueError naming the closest."""
+        changes = apply_aliases(changes)
         check_option_names(changes)
         return dataclasses.replace(self, **changes)
 
@@ -146,9 +162,29 @@ def option_names() -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(GenerationConfig))
 
 
+def draw_seed() -> int:
+    """A fresh seed below 2**31 (what `seed=None` resolves to)."""
+    return secrets.randbits(FRESH_SEED_BITS)
+
+
+def apply_aliases(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` with every alias (`max_new_tokens`) under its option's name; a ValueError when
+    both names are given."""
+    renamed = dict(options)
+    for alias, name in OPTION_ALIASES.items():
+        if alias not in renamed:
+            continue
+        if name in renamed:
+            raise ValueError(
+                f"{alias} and {name} name the same option (tokens to generate); pass only one."
+            )
+        renamed[name] = renamed.pop(alias)
+    return renamed
+
+
 def check_option_names(options: Mapping[str, Any]) -> None:
     """Raise a ValueError for any name that is not a GenerationConfig field."""
-    valid = option_names()
+    valid = option_names() + tuple(OPTION_ALIASES)
     for name in options:
         if name in valid:
             continue
@@ -182,7 +218,10 @@ def resolve_config(
     else:
         resolved = _resolve_llada(config, checkpoint)
     config = dataclasses.replace(config, sampler=sampler, **resolved)
-    return dataclasses.replace(config, block_length=_default_block_length(config, sampler))
+    seed = config.seed if config.seed is not None else draw_seed()
+    return dataclasses.replace(
+        config, block_length=_default_block_length(config, sampler), seed=seed
+    )
 
 
 def checkpoint_defaults(generation_defaults: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -48,6 +48,13 @@ class Denoiser(ABC):
         """Statistics beyond the common ones; JSON-serialisable values."""
         return {}
 
+    def new_batch(self) -> None:
+        """Called before every batch after the first when `max_batch_size` splits a call's
+        prompts: drop what belongs to the previous batch's canvas (caches sized for it), keep
+        the counts (`nfe`, statistics), which then cover the whole call. A denoiser that keeps
+        nothing per canvas (this base class, `DenseDenoiser`) has nothing to drop."""
+        return None
+
 
 class DenseDenoiser(Denoiser):
     """Full forward pass of `model` at every step (the reference samplers' cost).

@@ -47,6 +47,8 @@ class DenoisingLoop:
         progress: bool = False,
         planned_steps: int | None = None,
         on_step: StepObserver | None = None,
+        first_row: int = 0,
+        progress_label: str = "denoising",
     ) -> None:
         self.x = batch.canvas.clone()  # [B, P + G]
         self.attention_mask = batch.attention_mask
@@ -62,12 +64,15 @@ class DenoisingLoop:
         self.logit_shift = bool(model_config.logit_shift)
         self.stop_at_eos = stop_at_eos
         self.steps_run = 0
+        self.wall_time = 0.0
+        """Seconds the sampler ran on this canvas (set by `run_sampler`)."""
         self.done = False
         self._newly_committed: torch.Tensor | None = None
         self._on_step = on_step
+        self._first_row = first_row
         self._last_step: tuple[StepContext, torch.Tensor, float] | None = None
         self._progress = tqdm(
-            total=planned_steps, disable=not progress, desc="denoising", unit="step"
+            total=planned_steps, disable=not progress, desc=progress_label, unit="step"
         )
 
     @property
@@ -167,6 +172,7 @@ class DenoisingLoop:
                 logits=logits,
                 dense=self.denoiser.last_step_dense,
                 denoiser_seconds=seconds,
+                first_row=self._first_row,
             )
             self._on_step(report)
         if self.stop_at_eos and self._every_row_final():

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dyllm.generation.config import GenerationConfig
+
 
 @dataclass
 class GenerationStats:
@@ -53,9 +55,16 @@ class GenerationResult:
     texts: list[str] | None
     """Each row decoded up to its first EOS, special tokens skipped; None without a tokenizer."""
     stats: GenerationStats
+    options: GenerationConfig | None = None
+    """The options the call ran with, every default resolved (a drawn `seed` included)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"token_ids": self.token_ids, "texts": self.texts, "stats": self.stats.to_dict()}
+        return {
+            "token_ids": self.token_ids,
+            "texts": self.texts,
+            "stats": self.stats.to_dict(),
+            "options": None if self.options is None else self.options.to_dict(),
+        }
 
 
 def tokens_before_eos(token_ids: list[int], eos_token_id: int | None) -> list[int]:

@@ -2,22 +2,29 @@
 
 This is the sampler half of `dyllm.generate` (which builds the denoiser from a policy and calls
 this). Everything a user can get wrong is checked before the first tensor is built: option names
-and values (`config.py`, `validation.py`), then prompts (`prompts.py`). Then the prompts are laid
-on one canvas (`batching.py`) and the LLaDA or Dream sampler runs under `torch.no_grad`, asking
-the given `Denoiser` for each step's logits. One `torch.Generator` on the model's device, seeded
-with `seed`, feeds every random draw.
+and values (`config.py`, `validation.py`), then prompts (`prompts.py`), all of them before the
+first batch runs. Then the prompts are laid on one canvas (`batching.py`), or on one canvas per
+`max_batch_size` prompts, run one after another, and the LLaDA or Dream sampler runs under
+`torch.no_grad`, asking the given `Denoiser` for each step's logits. One `torch.Generator` on the
+model's device, seeded with `seed`, feeds every random draw of every batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
 import torch
 
 from dyllm.generation.batching import build_prompt_batch
-from dyllm.generation.config import GenerationConfig, check_option_names, resolve_config
+from dyllm.generation.config import (
+    GenerationConfig,
+    apply_aliases,
+    check_option_names,
+    resolve_config,
+)
 from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.dream import run_dream
 from dyllm.generation.llada import run_llada
@@ -40,43 +47,66 @@ def run_sampler(
 ) -> GenerationResult:
     """Generate `gen_length` tokens after each prompt, each step's logits from `denoiser`.
 
-    prompts: a str, a list of str, a list of token ids, or a list of lists of token ids (a 1-D
-        or 2-D integer tensor or array is read as the last two).
+    prompts: a str, a list of str, a list of token ids, a list of lists of token ids (a 1-D
+        or 2-D integer tensor or array is read as the last two), or conversations (a list of
+        role/content messages, or a list of such lists), rendered by the chat template.
     denoiser: a fresh `Denoiser` for this call (it may keep per-call caches and counts).
     config: base options; `options` (same names as `GenerationConfig` fields) override it.
     chat: wrap each text prompt as one user message with the tokenizer's chat template.
     on_step: called after every step with a `StepReport` (canvas, committed positions, timing).
 
     Prompts of different lengths are left-padded and given a padding mask and position ids, so
-    with greedy decoding each row gets the tokens it would get alone. (Dream's `origin` order
-    and any temperature > 0 draw random numbers for the whole batch at once, so there the rows
-    of a batch are not the draws of single-prompt runs.)
+    with greedy decoding each row gets the tokens it would get alone, and `max_batch_size`
+    (batches run one after another) gives the tokens of one batch. (Dream's `origin` order and
+    any temperature > 0 draw random numbers for the whole batch at once, so there the rows of a
+    batch are not the draws of single-prompt runs, nor of other batch sizes.) The denoiser serves
+    every batch; `Denoiser.new_batch` is called between two.
     """
+    check_model(model)
     resolved = _resolve(model, config, options)
     prompt_ids = encode_prompts(prompts, model.tokenizer, chat)
     check_prompt_ids(prompt_ids, model.config, resolved.gen_length)
 
     device = _model_device(model)
-    batch = build_prompt_batch(
-        prompt_ids,
-        resolved.gen_length,
-        model.config.pad_token_id,
-        model.config.mask_token_id,
-        device,
-    )
     generator = torch.Generator(device=device)
     generator.manual_seed(resolved.seed)
-    loop = DenoisingLoop(
-        batch,
-        resolved.block_length,
-        denoiser,
-        generator,
-        model.config,
-        stop_at_eos=resolved.stop_at_eos,
-        progress=resolved.progress,
-        planned_steps=None if resolved.adaptive else resolved.steps,
-        on_step=on_step,
-    )
+    size = resolved.max_batch_size or len(prompt_ids)
+    starts = range(0, len(prompt_ids), size)
+    generated: list[list[int]] = []
+    steps_run, wall_time = 0, 0.0
+    for number, first in enumerate(starts):
+        if number:
+            denoiser.new_batch()
+        label = "denoising" if len(starts) == 1 else f"batch {number + 1}/{len(starts)}"
+        loop = DenoisingLoop(
+            build_prompt_batch(
+                prompt_ids[first : first + size],
+                resolved.gen_length,
+                model.config.pad_token_id,
+                model.config.mask_token_id,
+                device,
+            ),
+            resolved.block_length,
+            denoiser,
+            generator,
+            model.config,
+            stop_at_eos=resolved.stop_at_eos,
+            progress=resolved.progress,
+            planned_steps=None if resolved.adaptive else resolved.steps,
+            on_step=on_step,
+            first_row=first,
+            progress_label=label,
+        )
+        generated += _run_batch(loop, resolved, device)
+        steps_run += loop.steps_run
+        wall_time += loop.wall_time
+    return _result(model, generated, denoiser, steps_run, wall_time, resolved)
+
+
+def _run_batch(
+    loop: DenoisingLoop, resolved: GenerationConfig, device: torch.device
+) -> list[list[int]]:
+    """One canvas through the sampler; its generated tokens (the loop keeps the time taken)."""
     sampler = run_llada if resolved.sampler == "llada" else run_dream
     try:
         with torch.no_grad():
@@ -84,10 +114,28 @@ def run_sampler(
             start = time.perf_counter()
             sampler(loop, resolved)
             synchronize(device)
-            wall_time = time.perf_counter() - start
+            loop.wall_time = time.perf_counter() - start
     finally:
         loop.close()
-    return _result(model, loop.generated().tolist(), denoiser, loop.steps_run, wall_time)
+    return loop.generated().tolist()
+
+
+def check_model(model: Any) -> None:
+    """A TypeError naming what was passed when `model` is not a loaded model."""
+    if isinstance(model, (str, bytes, os.PathLike)):
+        name = os.fsdecode(model) if not isinstance(model, str) else model
+        raise TypeError(
+            f"model must be a loaded model, got the {type(model).__name__} {name!r}; load it "
+            f"first: model = dyllm.load({name!r})"
+        )
+    needed = ("config", "tokenizer", "generation_defaults", "parameters")
+    missing = [name for name in needed if not hasattr(model, name)]
+    if missing or not callable(model):
+        raise TypeError(
+            f"model must be a loaded model (what dyllm.load returns), got "
+            f"{type(model).__name__}"
+            + (f", which has no {', '.join(missing)}" if missing and model is not None else "")
+        )
 
 
 def _resolve(
@@ -100,6 +148,7 @@ def _resolve(
             f"config must be a GenerationConfig, got {type(config).__name__}; pass options as "
             "keyword arguments instead (generate(model, prompts, steps=64, ...))."
         )
+    options = apply_aliases(options)
     check_option_names(options)
     requested = dataclasses.replace(config, **options)
     resolved = resolve_config(requested, model.config.family, model.generation_defaults)
@@ -113,6 +162,7 @@ def _result(
     denoiser: Denoiser,
     steps_run: int,
     wall_time: float,
+    resolved: GenerationConfig,
 ) -> GenerationResult:
     eos = model.config.eos_token_id
     answers = [tokens_before_eos(row, eos) for row in generated]
@@ -129,7 +179,7 @@ def _result(
     texts = None
     if tokenizer is not None:
         texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in answers]
-    return GenerationResult(token_ids=generated, texts=texts, stats=stats)
+    return GenerationResult(token_ids=generated, texts=texts, stats=stats, options=resolved)
 
 
 def _model_device(model: GenerativeModel) -> torch.device:

@@ -21,7 +21,8 @@ class StepContext:
     """Where the denoising loop stands when it asks for logits."""
 
     step: int
-    """Global step index within this `generate` call (0-based)."""
+    """Step index within this batch (0-based): the whole `generate` call, unless
+    `max_batch_size` splits its prompts into batches, which then each start at step 0."""
     block: int
     """Index of the block being decoded (0-based, left to right)."""
     step_in_block: int
@@ -132,3 +133,6 @@ class StepReport:
     """Whether the denoiser ran this step as a full forward."""
     denoiser_seconds: float
     """Wall time of the denoiser call (the device synchronised before and after)."""
+    first_row: int = 0
+    """Index among the call's prompts of the canvas's first row (not 0 for the second and later
+    batches when `max_batch_size` splits the prompts)."""

@@ -17,6 +17,9 @@ from dyllm.generation.config import (
 )
 from dyllm.generation.model import SamplerConfig
 
+MAX_SEED = 2**64 - 1
+"""The largest seed a torch.Generator takes."""
+
 
 def validate_config(config: GenerationConfig, model_config: SamplerConfig) -> None:
     """Raise ValueError for option values the samplers cannot run.
@@ -26,6 +29,10 @@ def validate_config(config: GenerationConfig, model_config: SamplerConfig) -> No
     _check_int("gen_length", config.gen_length, minimum=1)
     _check_int("block_length", config.block_length, minimum=1)
     _check_int("seed", config.seed, minimum=0)
+    if config.seed > MAX_SEED:
+        raise ValueError(f"seed={config.seed} must be at most 2**64 - 1 ({MAX_SEED}).")
+    if config.max_batch_size is not None:
+        _check_int("max_batch_size", config.max_batch_size, minimum=1, hint=" (None: one batch)")
     if config.gen_length % config.block_length:
         raise ValueError(
             f"gen_length={config.gen_length} is not a multiple of block_length="
@@ -140,6 +147,8 @@ def _check_int(name: str, value: Any, minimum: int, hint: str = "") -> None:
 def _check_number(name: str, value: Any, minimum: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number, got {value!r}.")
+    if math.isinf(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}={value} must be >= {minimum}.")
 

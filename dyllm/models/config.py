@@ -5,11 +5,15 @@ as `hidden_size`, `num_hidden_layers`, `intermediate_size`) describe the same ne
 bidirectional pre-norm transformer with RoPE, RMSNorm and a SwiGLU FFN. Their differences
 become fields here (`qkv_bias`, `num_kv_heads`, `logit_shift`, `rope_full_precision`), so the
 model code has one path and no `if family == ...` branches. Unsupported variants of either format
-(ALiBi, LayerNorm, sliding windows, RoPE scaling, ...) are refused with a message naming the key.
+(ALiBi, LayerNorm, sliding windows, RoPE scaling, quantisation, ...) are refused with a message
+naming the key, and every value dyllm reads is checked for its type and range under the key's own
+name (`d_model must be an integer >= 1, got '128' (a string)`), so a damaged config.json fails
+when it is read, never later as a shape error or a silently wrong model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +63,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in ("llada", "dream"):
             raise ConfigError(f"family must be 'llada' or 'dream', got {self.family!r}")
+        for name in POSITIVE_INTEGER_FIELDS:
+            check_integer(name, getattr(self, name), minimum=1)
+        check_integer("head_dim", self.head_dim, minimum=0)
+        for name in POSITIVE_NUMBER_FIELDS:
+            check_positive_number(name, getattr(self, name))
         if self.num_heads <= 0 or self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads"
@@ -84,8 +93,11 @@ class ModelConfig:
             raise ConfigError(
                 f"torch_dtype {self.torch_dtype!r} is not supported; use one of {SUPPORTED_DTYPES}"
             )
-        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
             token = getattr(self, name)
+            if token is None and name == "bos_token_id":
+                continue
+            check_integer(name, token, minimum=0)
             if not 0 <= token < self.vocab_size:
                 raise ConfigError(
                     f"{name}={token} is outside the vocabulary [0, {self.vocab_size})"
@@ -135,10 +147,97 @@ class ModelConfig:
         return asdict(self)
 
 
-def _require(raw: dict[str, Any], key: str) -> Any:
-    if raw.get(key) is None:
-        raise ConfigError(f"config.json lacks the required key {key!r}")
-    return raw[key]
+POSITIVE_INTEGER_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+POSITIVE_NUMBER_FIELDS = ("rope_theta", "rms_norm_eps")
+
+_MISSING: Any = object()
+
+
+def describe_value(value: Any) -> str:
+    """`'128' (a string)`, `128.0 (a float)`, ...: a value and its JSON type, for messages."""
+    kinds = {
+        str: "a string",
+        float: "a float",
+        bool: "a boolean",
+        int: "an integer",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
+    return f"{value!r} ({kinds.get(type(value), f'a {type(value).__name__}')})"
+
+
+def check_integer(key: str, value: Any, minimum: int) -> int:
+    """`value` if it is an integer >= minimum (a JSON float such as 128.0 is not)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = "; write it without quotes" if isinstance(value, str) else ""
+        raise ConfigError(
+            f"{key} must be an integer >= {minimum}, got {describe_value(value)}{hint}"
+        )
+    if value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_number(key: str, value: Any) -> float:
+    """`value` as a float if it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = "; write it without quotes" if isinstance(value, str) else ""
+        raise ConfigError(f"{key} must be a positive number, got {describe_value(value)}{hint}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _integer(raw: dict[str, Any], key: str, default: Any = _MISSING, minimum: int = 1) -> Any:
+    """config.json's `key` as an integer >= minimum; `default` when absent or null (required
+    when no default is given)."""
+    value = raw.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise ConfigError(f"config.json lacks the required key {key!r}")
+        return default
+    return check_integer(key, value, minimum)
+
+
+def _number(raw: dict[str, Any], key: str, default: float) -> float:
+    value = raw.get(key)
+    return default if value is None else check_positive_number(key, value)
+
+
+def _flag(raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {describe_value(value)}")
+    return value
+
+
+def _dtype_name(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{key} must be one of {', '.join(SUPPORTED_DTYPES)}, got {describe_value(value)}"
+        )
+    return value
+
+
+def _refuse_quantisation(raw: dict[str, Any]) -> None:
+    if raw.get("quantization_config") is not None:
+        method = raw["quantization_config"]
+        method = method.get("quant_method", "?") if isinstance(method, dict) else method
+        raise ConfigError(
+            f"config.json sets quantization_config (method {method!r}): quantised checkpoints "
+            "are not supported by dyllm; use the original float16 / bfloat16 / float32 weights"
+        )
 
 
 def _refuse(raw: dict[str, Any], key: str, supported: Any, what: str) -> None:
@@ -156,39 +255,43 @@ def _read_llada(raw: dict[str, Any]) -> ModelConfig:
     _refuse(raw, "attention_layer_norm", False, "QK layer norm")
     _refuse(raw, "input_emb_norm", False, "embedding normalisation")
     _refuse(raw, "scale_logits", False, "logit scaling")
-    d_model = _require(raw, "d_model")
-    n_heads = _require(raw, "n_heads")
-    n_kv_heads = raw.get("n_kv_heads")
-    if raw.get("multi_query_attention"):
+    _refuse_quantisation(raw)
+    d_model = _integer(raw, "d_model")
+    n_heads = _integer(raw, "n_heads")
+    n_kv_heads = _integer(raw, "n_kv_heads", default=None)
+    if _flag(raw, "multi_query_attention", False):
         n_kv_heads = 1
-    mlp_hidden = raw.get("mlp_hidden_size") or int(raw.get("mlp_ratio", 4) * d_model)
-    vocab = raw.get("embedding_size") or _require(raw, "vocab_size")
+    mlp_hidden = _integer(raw, "mlp_hidden_size", default=None)
+    if mlp_hidden is None:
+        mlp_hidden = int(_number(raw, "mlp_ratio", 4.0) * d_model)
+    vocab = _integer(raw, "embedding_size", default=None) or _integer(raw, "vocab_size")
+    eos = _integer(raw, "eos_token_id", minimum=0)
     return ModelConfig(
         family="llada",
         vocab_size=vocab,
         hidden_size=d_model,
-        num_layers=_require(raw, "n_layers"),
+        num_layers=_integer(raw, "n_layers"),
         num_heads=n_heads,
         num_kv_heads=n_kv_heads or n_heads,
         intermediate_size=mlp_hidden,
-        rope_theta=float(raw.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-        qkv_bias=bool(raw.get("include_qkv_bias") or raw.get("include_bias")),
-        max_position_embeddings=raw.get("max_sequence_length", 4096),
-        mask_token_id=raw.get("mask_token_id", 126336),
-        eos_token_id=_require(raw, "eos_token_id"),
-        pad_token_id=raw.get("pad_token_id", raw["eos_token_id"]),
-        bos_token_id=raw.get("bos_token_id"),
-        tie_word_embeddings=bool(raw.get("weight_tying", False)),
+        rope_theta=_number(raw, "rope_theta", 10000.0),
+        rms_norm_eps=_number(raw, "rms_norm_eps", 1e-5),
+        qkv_bias=_flag(raw, "include_qkv_bias", False) or _flag(raw, "include_bias", False),
+        max_position_embeddings=_integer(raw, "max_sequence_length", 4096),
+        mask_token_id=_integer(raw, "mask_token_id", 126336, minimum=0),
+        eos_token_id=eos,
+        pad_token_id=_integer(raw, "pad_token_id", eos, minimum=0),
+        bos_token_id=_integer(raw, "bos_token_id", None, minimum=0),
+        tie_word_embeddings=_flag(raw, "weight_tying", False),
         torch_dtype=_llada_dtype(raw),
-        rope_full_precision=bool(raw.get("rope_full_precision", True)),
+        rope_full_precision=_flag(raw, "rope_full_precision", True),
         extra={k: raw[k] for k in ("architectures",) if k in raw},
     )
 
 
 def _llada_dtype(raw: dict[str, Any]) -> str:
-    if "torch_dtype" in raw:
-        return str(raw["torch_dtype"])
+    if raw.get("torch_dtype") is not None:
+        return _dtype_name("torch_dtype", raw["torch_dtype"])
     return "bfloat16" if "bf16" in str(raw.get("precision", "")) else "float32"
 
 
@@ -197,26 +300,28 @@ def _read_dream(raw: dict[str, Any]) -> ModelConfig:
     _refuse(raw, "use_sliding_window", False, "sliding-window attention")
     _refuse(raw, "use_mrope", False, "multimodal RoPE")
     _refuse(raw, "hidden_act", "silu", "an activation other than SwiGLU/silu")
-    hidden = _require(raw, "hidden_size")
-    heads = _require(raw, "num_attention_heads")
+    _refuse_quantisation(raw)
+    heads = _integer(raw, "num_attention_heads")
+    eos = _integer(raw, "eos_token_id", minimum=0)
+    dtype = raw.get("torch_dtype")
     return ModelConfig(
         family="dream",
-        vocab_size=_require(raw, "vocab_size"),
-        hidden_size=hidden,
-        num_layers=_require(raw, "num_hidden_layers"),
+        vocab_size=_integer(raw, "vocab_size"),
+        hidden_size=_integer(raw, "hidden_size"),
+        num_layers=_integer(raw, "num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=raw.get("num_key_value_heads") or heads,
-        intermediate_size=_require(raw, "intermediate_size"),
-        rope_theta=float(raw.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        num_kv_heads=_integer(raw, "num_key_value_heads", heads),
+        intermediate_size=_integer(raw, "intermediate_size"),
+        rope_theta=_number(raw, "rope_theta", 10000.0),
+        rms_norm_eps=_number(raw, "rms_norm_eps", 1e-6),
         qkv_bias=True,
-        max_position_embeddings=raw.get("max_position_embeddings", 32768),
-        mask_token_id=_require(raw, "mask_token_id"),
-        eos_token_id=_require(raw, "eos_token_id"),
-        pad_token_id=raw.get("pad_token_id", raw["eos_token_id"]),
-        bos_token_id=raw.get("bos_token_id"),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        torch_dtype=str(raw.get("torch_dtype", "float32")),
+        max_position_embeddings=_integer(raw, "max_position_embeddings", 32768),
+        mask_token_id=_integer(raw, "mask_token_id", minimum=0),
+        eos_token_id=eos,
+        pad_token_id=_integer(raw, "pad_token_id", eos, minimum=0),
+        bos_token_id=_integer(raw, "bos_token_id", None, minimum=0),
+        tie_word_embeddings=_flag(raw, "tie_word_embeddings", False),
+        torch_dtype="float32" if dtype is None else _dtype_name("torch_dtype", dtype),
         extra={k: raw[k] for k in ("architectures",) if k in raw},
     )
 

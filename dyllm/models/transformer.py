@@ -177,6 +177,55 @@ class DiffusionTransformer(nn.Module):
                 values = torch.randn(parameter.shape, generator=generator) * std
                 parameter.copy_(values.to(parameter.dtype))
 
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(
+                f"input_ids must be an integer tensor [batch, length], got "
+                f"{type(input_ids).__name__}; wrap token ids with torch.tensor([[...]])"
+            )
+        if input_ids.dim() != 2 or input_ids.numel() == 0:
+            raise ValueError(
+                f"input_ids must be a non-empty [batch, length] tensor, got shape "
+                f"{list(input_ids.shape)}"
+            )
+        if (
+            input_ids.dtype.is_floating_point
+            or input_ids.dtype.is_complex
+            or (input_ids.dtype == torch.bool)
+        ):
+            raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+        for name, tensor in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+            if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"{name} must have the shape of input_ids {list(input_ids.shape)}, got "
+                    f"{list(tensor.shape) if isinstance(tensor, torch.Tensor) else tensor!r}"
+                )
+        limit = self.config.max_position_embeddings
+        length = input_ids.shape[1]
+        if position_ids is None and length > limit:
+            raise ValueError(
+                f"input_ids has {length} positions, more than the model's "
+                f"max_position_embeddings ({limit}); shorten the input"
+            )
+        low, high = torch.aminmax(input_ids)
+        last_position = position_ids.max() if position_ids is not None else high.new_zeros(())
+        low, high, last = torch.stack([low, high, last_position.to(high.dtype)]).tolist()
+        vocab = self.config.vocab_size
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary "
+                f"[0, {vocab}); encode the text with this model's tokenizer"
+            )
+        if last >= limit:
+            raise ValueError(
+                f"position_ids reach {last}, past the model's max_position_embeddings ({limit})"
+            )
+
     def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, L, head_dim] (float32) for position ids [B, L]."""
         return rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
@@ -199,7 +248,12 @@ class DiffusionTransformer(nn.Module):
         position_ids: [B, L], by default 0..L-1 (the reference's absolute positions);
         logit_range: (start, end) to apply the LM head to those positions only;
         sink: receives every layer's activations (the engine's cache fills itself this way).
+
+        Ids outside the vocabulary, positions past `max_position_embeddings` and malformed
+        tensors raise a ValueError (TypeError for what is not a tensor) naming the problem; the
+        check reads the ids' extremes back from the device: one read-back per call.
         """
+        self._check_inputs(input_ids, attention_mask, position_ids)
         batch, length = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)

@@ -34,7 +34,29 @@ def builtin_model_path(name: str) -> Path:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A built-in name becomes its shipped folder; anything else is returned as a path."""
+    """A built-in name becomes its shipped folder; anything else is returned as a path (an
+    empty name is refused: it would silently mean the current folder)."""
     if isinstance(name_or_path, str) and name_or_path in BUILTIN_MODELS:
         return builtin_model_path(name_or_path)
+    if isinstance(name_or_path, str) and not name_or_path.strip():
+        raise ValueError(
+            f"the model name is empty; give a checkpoint folder or a built-in name "
+            f"({', '.join(BUILTIN_MODELS)})"
+        )
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(
+            f"a model is a checkpoint folder or a built-in name, got {type(name_or_path).__name__}"
+        )
     return Path(name_or_path)
+
+
+def builtin_model_name(folder: Path) -> str | None:
+    """The built-in name of a checkpoint folder that is one of the shipped models, else None."""
+    try:
+        resolved = folder.resolve()
+    except OSError:
+        return None
+    for name in BUILTIN_MODELS:
+        if resolved == (CHECKPOINTS_DIR / name).resolve():
+            return name
+    return None

@@ -36,6 +36,7 @@ training stream skips any problem whose prompt is in the held-out set.
 from __future__ import annotations
 
 import random
+import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -152,6 +153,27 @@ TASKS: dict[str, Task] = {
 }
 
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+
+TASK_PROMPT_PATTERNS: dict[str, re.Pattern[str]] = {
+    "mul3": re.compile(rf"mul3 [0-9]{{{MUL3_DIGITS}}} ="),
+    "cumsum": re.compile(rf"cumsum [0-3]{{{CUMSUM_DIGITS}}} ="),
+    "sort": re.compile(rf"sort [0-9]{{{SORT_DIGITS}}} ="),
+    "rot13": re.compile(rf"rot13 [a-z]{{{ROT13_LETTERS}}} ="),
+}
+"""The exact shape of each task's prompts: the only text the reference models were trained on."""
+
+TASK_FORMATS = (
+    f"'mul3 N =' (N: {MUL3_DIGITS} digits), 'cumsum D =' (D: {CUMSUM_DIGITS} digits 0-3), "
+    f"'sort D =' (D: {SORT_DIGITS} digits), 'rot13 W =' (W: {ROT13_LETTERS} lowercase letters)"
+)
+"""The task prompts in words, for messages."""
+
+
+def matches_task_format(prompt: str) -> bool:
+    """Whether `prompt` has the shape of one of the suite's prompts (widths included)."""
+    return any(pattern.fullmatch(prompt) for pattern in TASK_PROMPT_PATTERNS.values())
+
+
 MAX_ANSWER_LENGTH = max(task.answer_length for task in TASKS.values())
 
 
