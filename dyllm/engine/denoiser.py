@@ -102,10 +102,9 @@ class SaliencyDenoiser(Denoiser):
         # (ascending) query positions, starting after the queries left of the window
         first_slot = (query_rows.index < ctx.logit_start).sum(dim=1, keepdim=True)  # [B, 1]
         logit_rows = first_slot + torch.arange(ctx.logit_end - ctx.logit_start, device=x.device)
+        capacities = self._capacities(ctx, query_rows.count, most_refreshed)  # checks budgets
         if row_capacity_mode(x.device) == "read-back":
             capacities = Capacities.read_back_counts(self.model.config.num_layers)
-        else:
-            capacities = self._capacities(ctx, query_rows.count, most_refreshed)
         written = self.cache.written_state() if capacities.guessed else []
         while True:
             step = SparseStep(
