@@ -82,3 +82,19 @@ def test_bytes_that_are_not_utf8_are_refused_in_one_line() -> None:
         "dyllm generate: error: standard input is not UTF-8 text (byte 0xfe at offset 5); "
         "convert it, e.g. with iconv -t UTF-8"
     )
+
+
+def test_ctrl_c_while_torch_imports_ends_with_one_line_and_status_130() -> None:
+    """The console command's entry module catches an interrupt before dyllm.cli is imported."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import dyllm_launcher; raise SystemExit(dyllm_launcher.main())"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.3)  # inside `import torch`
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.decode().strip().splitlines()[-1].endswith("interrupted")
+    assert b"Traceback" not in err
