@@ -11,6 +11,12 @@ exit status 2, never a traceback.
 Policies come from the registry (`dyllm.policies.registry`): `--policy NAME[:KEY=VALUE,...]` and
 `--policy-arg KEY=VALUE` for generate, `--method` for bench, with `--plugin` (or DYLLM_PLUGINS) to
 load a user's own; this file names no policy and no policy parameter.
+
+Several processes (docs/tensor-parallel.md): under `torchrun --nproc-per-node N -m dyllm ...`,
+`generate` and `bench` with `--tensor-parallel N` split the model over the N processes;
+`generate` without it gives each process a share of the prompts (data parallel) and gathers the
+answers in order. Only the first process prints. Setup errors on any process end every process
+with that message (`dyllm.distributed.launch.agree`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+import torch.distributed
+
+from dyllm.distributed import launch
+from dyllm.distributed.data_parallel import gather_in_order, my_share
+from dyllm.generation import GenerationResult
+from dyllm.models import DiffusionTransformer
 from dyllm.models.config import ConfigError
 from dyllm.models.loader import CheckpointError
 from dyllm.policies import SaliencyPolicy
@@ -61,10 +74,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except launch.ProcessGroupError as error:  # the same on every process: one prints it
+        if launch.is_main_process():
+            print(f"dyllm {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except USAGE_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"dyllm {args.command}: error: {message}", file=sys.stderr)
+        print(f"dyllm {args.command}: error{_process_tag()}: {message}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        if not _collective_failed(error):
+            raise
+        print(
+            f"dyllm {args.command}: error{_process_tag()}: a collective failed, most likely "
+            f"because another process stopped (its message comes first): {error}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _process_tag() -> str:
+    """' (process r of N)' inside a process group, '' outside one."""
+    size = launch.world_size()
+    return f" (process {launch.rank()} of {size})" if size > 1 else ""
+
+
+COLLECTIVE_FAILURES = ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo")
+"""What the backends' errors say when a collective breaks because a peer went away."""
+
+
+def _collective_failed(error: RuntimeError) -> bool:
+    """Whether `error` is a broken collective of this process's group (not a bug to show)."""
+    if launch.world_size() == 1:
+        return False
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    return any(marker in str(error) for marker in COLLECTIVE_FAILURES)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--dtype", help="float32, float16 or bfloat16 (default: checkpoint's)")
     generate.add_argument("--json", action="store_true", help="print one JSON object")
     generate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_tensor_parallel_flag(generate)
     generate.set_defaults(run=_run_generate)
 
     trace = commands.add_parser("trace", help="draw a recompute trace as a PNG heatmap")
@@ -193,7 +239,73 @@ def _add_bench(commands) -> None:
     bench.add_argument("--name", help="file stem for the JSON and PNG (default MODEL-DEVICE)")
     bench.add_argument("--no-plot", action="store_true", help="write no PNG")
     bench.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    _add_tensor_parallel_flag(bench)
     bench.set_defaults(run=_run_bench)
+
+
+def _add_tensor_parallel_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the model over N processes: run under `torchrun --nproc-per-node N -m dyllm` "
+        "(default 1; under torchrun without it, generate splits the prompts instead)",
+    )
+
+
+def _join_group(args: argparse.Namespace) -> bool:
+    """Join the process group torchrun describes; True when the model is split over it (False:
+    one process, or generate's data parallelism)."""
+    size = args.tensor_parallel
+    if size < 1:
+        raise ValueError(f"--tensor-parallel must be at least 1, got {size}")
+    if not launch.join_from_environment(args.device) and size > 1:
+        raise ValueError(
+            f"--tensor-parallel {size} needs {size} processes: run `torchrun --nproc-per-node "
+            f"{size} -m dyllm {args.command} ... --tensor-parallel {size}`"
+        )
+    return size > 1
+
+
+def _check_group_size(args: argparse.Namespace) -> None:
+    """A split model needs exactly as many processes as parts (checked inside `agree`, so every
+    process reports it once)."""
+    size, processes = args.tensor_parallel, launch.world_size()
+    if size > 1 and size != processes:
+        raise ValueError(
+            f"--tensor-parallel {size} with {processes} processes: start as many processes as "
+            f"the model is split over (torchrun --nproc-per-node {size})"
+        )
+
+
+def _report_shares(args: argparse.Namespace, result: GenerationResult | None) -> int:
+    """Data parallelism: gather every process's answers in prompt order; the first prints."""
+    mine = []
+    if result is not None:
+        mine = [(result.token_ids, result.texts, result.stats.to_dict())]
+    shares = gather_in_order(mine)
+    if not launch.is_main_process():
+        return 0
+    token_ids = [ids for share in shares for ids in share[0]]
+    texts = None
+    if all(share[1] is not None for share in shares):
+        texts = [text for share in shares for text in share[1]]
+    stats = [share[2] for share in shares]
+    if args.json:
+        print(json.dumps({"token_ids": token_ids, "texts": texts, "process_stats": stats}))
+        return 0
+    shown = texts or [",".join(map(str, ids)) for ids in token_ids]
+    for number, text in enumerate(shown):
+        print((f"[{number}] " if len(shown) > 1 else "") + text)
+    tokens = sum(entry["generated_tokens"] for entry in stats)
+    wall = max(entry["wall_time_s"] for entry in stats)
+    print(
+        f"\n{tokens} tokens in {wall:.2f} s ({tokens / wall if wall else 0.0:.1f} tokens/s) on "
+        f"{launch.world_size()} processes, {len(stats)} with prompts",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _add_plugin_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -226,7 +338,19 @@ def _run_bench(args: argparse.Namespace) -> int:
     from dyllm.bench.headline import format_headline
     from dyllm.reference.tasks import TASK_NAMES
 
-    _load_plugins(args)
+    tensor_parallel = _join_group(args)
+
+    def setup() -> None:
+        _check_group_size(args)
+        if launch.world_size() > 1 and not tensor_parallel:
+            raise ValueError(
+                "dyllm bench under torchrun splits the model (--tensor-parallel N with N "
+                "processes); benchmarking shares of the problems on separate processes is not "
+                "supported"
+            )
+        _load_plugins(args)
+
+    launch.agree(setup)
     model = args.model or DEFAULT_MODEL
     settings = BenchSettings(
         model=model,
@@ -244,12 +368,16 @@ def _run_bench(args: argparse.Namespace) -> int:
         threads=args.threads or None,
         seed=args.seed,
         check_invariants=args.check_invariants,
+        tensor_parallel=args.tensor_parallel,
     )
     for task in settings.tasks:
         if task not in TASK_NAMES:
             raise ValueError(f"unknown task {task!r}; the suite has {', '.join(TASK_NAMES)}")
-    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    quiet = args.quiet or not launch.is_main_process()
+    log = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_benchmark(settings, log=log)
+    if not launch.is_main_process():
+        return 0
     stem = args.name or f"{Path(model).name}-{args.device.split(':')[0]}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.out_dir / f"{stem}.json"
@@ -293,24 +421,53 @@ def _read_prompts(args: argparse.Namespace) -> list:
 def _run_generate(args: argparse.Namespace) -> int:
     import dyllm
 
-    _load_plugins(args)
-    prompts = _read_prompts(args)
-    model = dyllm.load(resolve_model(args.model), device=args.device, dtype=args.dtype)
-    options = {name: getattr(args, name) for name in SAMPLER_OPTIONS}
-    options = {name: value for name, value in options.items() if value is not None}
-    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
-        if getattr(args, flag):
-            options[flag] = True
-    options.update(chat=args.chat, seed=args.seed)
-    policy = _policy(args, model, prompts, options)
-    result = dyllm.generate(
-        model,
-        prompts,
-        policy=policy,
-        trace=args.trace is not None,
-        progress=not (args.no_progress or args.json),
-        **options,
-    )
+    tensor_parallel = _join_group(args)
+    data_parallel = launch.world_size() > 1 and not tensor_parallel
+
+    def setup() -> tuple[list, DiffusionTransformer, dict, SaliencyPolicy]:
+        _check_group_size(args)
+        if launch.world_size() > 1 and not args.prompts:
+            raise ValueError("under torchrun give the prompts as arguments, not on standard input")
+        if data_parallel and args.trace is not None:
+            raise ValueError(
+                "--trace records one process's steps; with prompts shared among processes run "
+                "it without torchrun (or split the model with --tensor-parallel)"
+            )
+        _load_plugins(args)
+        prompts = _read_prompts(args)
+        device = launch.process_device(args.device) if data_parallel else args.device
+        model = dyllm.load(
+            resolve_model(args.model),
+            device=device,
+            dtype=args.dtype,
+            tensor_parallel=args.tensor_parallel,
+        )
+        options = {name: getattr(args, name) for name in SAMPLER_OPTIONS}
+        options = {name: value for name, value in options.items() if value is not None}
+        for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
+            if getattr(args, flag):
+                options[flag] = True
+        options.update(chat=args.chat, seed=args.seed)
+        return prompts, model, options, _policy(args, model, prompts, options)
+
+    prompts, model, options, policy = launch.agree(setup)
+    if data_parallel:
+        prompts = my_share(prompts)
+    result = None
+    if prompts:  # a process may get no prompt when there are fewer prompts than processes
+        result = dyllm.generate(
+            model,
+            prompts,
+            policy=policy,
+            trace=args.trace is not None,
+            progress=not (args.no_progress or args.json) and launch.is_main_process(),
+            **options,
+        )
+    if data_parallel:
+        return _report_shares(args, result)
+    assert result is not None
+    if not launch.is_main_process():
+        return 0
     if args.trace is not None:
         extra = result.stats.extra
         args.trace.write_text(json.dumps({"policy": extra["policy"], "trace": extra["trace"]}))

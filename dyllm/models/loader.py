@@ -5,6 +5,12 @@ every key and shape checked against the model before a byte of weight is read, p
 on the meta device and filled once from the files (no double allocation), and nothing returned
 half-loaded: any problem raises before the model is assembled, with a message naming the file or
 key at fault and what to do about it.
+
+Tensor parallelism (`shard`): each process builds the parts of the modules it holds and reads
+only its slices of the split tensors (`safe_open(...).get_slice(key)[start:end]`, by rows or by
+columns), so no process ever holds a whole split tensor; the replicated ones (the norms) are read
+whole. Shapes are checked against the whole model before any slice is read. Which tensor is
+split how: `dyllm.models.parallel.SPLITS`; the split itself is planned by `dyllm.distributed`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from dyllm.json_files import read_json, read_json_object
 from dyllm.models.config import ConfigError, ModelConfig
 from dyllm.models.keymaps import checkpoint_keys
+from dyllm.models.parallel import TensorParallelShard
 from dyllm.models.transformer import DiffusionTransformer
 from dyllm.tokenizer import Tokenizer
 
@@ -45,8 +52,13 @@ def load(
     path: str | Path,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
+    *,
+    shard: TensorParallelShard | None = None,
 ) -> DiffusionTransformer:
     """Load a LLaDA or Dream checkpoint folder (config.json + safetensors) for inference.
+
+    shard: this process's part of a tensor-parallel model (see `dyllm.distributed`, which
+    plans it; `dyllm.load(..., tensor_parallel=N)` is the usual way in); only its slices are read.
 
     dtype defaults to the checkpoint's `torch_dtype`. The returned model is in eval mode without
     gradients; `model.tokenizer` is the folder's tokenizer (None when it ships none) and
@@ -65,11 +77,15 @@ def load(
         config = dataclasses.replace(config, eot_token_id=tokenizer.eot_token_id)
 
     with torch.device("meta"):
-        model = DiffusionTransformer(config, tokenizer, read_generation_defaults(folder))
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        model = DiffusionTransformer(config, tokenizer, read_generation_defaults(folder), shard)
+        whole = model if shard is None else DiffusionTransformer(config)
+    shapes = {name: tuple(p.shape) for name, p in whole.named_parameters()}
     expected = checkpoint_keys(config, shapes)
     _check_key_sets(folder, expected, key_to_shard)
-    state = _read_tensors(key_to_shard, expected, device, dtype)
+    slices = {}
+    if shard is not None:
+        slices = {name: shard.parameter_slice(name, config) for name in shapes}
+    state = _read_tensors(key_to_shard, expected, device, dtype, slices)
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -212,8 +228,13 @@ def _read_tensors(
     expected: dict[str, tuple[str, tuple[int, ...]]],
     device: torch.device,
     dtype: torch.dtype,
+    slices: dict[str, tuple[int, int, int] | None],
 ) -> dict[str, torch.Tensor]:
-    """Every tensor, checked for presence and shape, cast and moved: {parameter name: tensor}."""
+    """Every tensor, checked for presence and shape, cast and moved: {parameter name: tensor}.
+
+    slices: parameter name -> (dimension, start, end) to read only that part of its tensor
+    (tensor parallelism); a name absent or None is read whole.
+    """
     by_shard: dict[Path, list[str]] = {}
     for key, shard in key_to_shard.items():
         by_shard.setdefault(shard, []).append(key)
@@ -236,11 +257,20 @@ def _read_tensors(
                         f"implies {list(shape)}; check that config.json belongs to these weights"
                     )
                 try:
-                    tensor = handle.get_tensor(key)
+                    tensor = _read_part(handle, key, slices.get(name))
                 except (SafetensorError, RuntimeError) as error:
                     raise CheckpointError(f"cannot read {key} from {shard} ({error})") from error
                 state[name] = tensor.to(device=device, dtype=dtype)
     return state
+
+
+def _read_part(handle: Any, key: str, part: tuple[int, int, int] | None) -> torch.Tensor:
+    """Tensor `key`, or only rows (dimension 0) / columns (dimension 1) start..end of it."""
+    if part is None:
+        return handle.get_tensor(key)
+    dimension, start, end = part
+    view = handle.get_slice(key)
+    return view[start:end] if dimension == 0 else view[:, start:end]
 
 
 def _open_safetensors(file: Path):
