@@ -53,7 +53,13 @@ SETTING = {
     "selected_fraction": 0.1,
     "dtype": "bfloat16",
 }
-SMALL = {"hidden_size": 256, "num_heads": 8, "num_kv_heads": 8, "intermediate_size": 768}
+SMALL = {
+    "hidden_size": 256,
+    "num_heads": 8,
+    "num_kv_heads": 8,
+    "head_dim": 32,  # the preset's own head_dim would survive the override of the width
+    "intermediate_size": 768,
+}
 SMALL_PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15]]
 SMALL_OPTIONS = {"gen_length": 32, "steps": 32, "block_length": 16}
 
