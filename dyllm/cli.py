@@ -516,7 +516,9 @@ def _run_trace(args: argparse.Namespace) -> int:
 
 
 def describe_checkpoint(folder: Path) -> dict:
-    """Family, shapes, parameter count and memory per dtype, tokenizer and template found."""
+    """Family, shapes, parameter count and memory per dtype, tokenizer and template found, and
+    the tensor-parallel sizes the shapes allow."""
+    from dyllm.distributed.plan import valid_sizes
     from dyllm.models.loader import checkpoint_folder, locate_tensors, read_config
     from dyllm.tokenizer import Tokenizer
 
@@ -537,6 +539,7 @@ def describe_checkpoint(folder: Path) -> dict:
             "float16": parameters * 2,
         },
         "shards": len(set(key_to_shard.values())),
+        "tensor_parallel_sizes": valid_sizes(config),
         "tokenizer": None if tokenizer is None else {"vocab_size": tokenizer.vocab_size},
         "chat_template": bool(tokenizer is not None and tokenizer.has_chat_template),
         "mask_token_id": config.mask_token_id,
@@ -560,6 +563,9 @@ def _run_info(args: argparse.Namespace) -> int:
         f"parameters     {info['parameters']:,} in {info['shards']} file(s), "
         f"stored as {info['checkpoint_dtype']}",
         f"weights        {_size(memory['float32'])} fp32, {_size(memory['bfloat16'])} bf16/fp16",
+        "tensor parallel "
+        + ", ".join(map(str, info["tensor_parallel_sizes"]))
+        + " processes (--tensor-parallel)",
         "tokenizer      "
         + (
             "none (generate from token ids)"

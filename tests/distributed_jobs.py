@@ -26,7 +26,9 @@ from dyllm.policies import (
     CosineThreshold,
     DLLMCache,
     DualCache,
+    LayerAdaptive,
     LayerSignals,
+    PrefixCache,
     SaliencyPolicy,
     StepPlan,
     TopK,
@@ -38,6 +40,8 @@ PROMPTS = {
     "padded": [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]],
 }
 POLICIES = ("dense", "dyllm", "topk", "dual-cache", "dllm-cache")
+"""The policies the issue names; `MORE_POLICIES` adds the others."""
+MORE_POLICIES = ("fast-prefix", "adaptive")
 
 
 def make_policy(name: str) -> SaliencyPolicy | None:
@@ -47,6 +51,8 @@ def make_policy(name: str) -> SaliencyPolicy | None:
         "topk": lambda: TopK(0.25, warmup_steps=2),
         "dual-cache": DualCache,
         "dllm-cache": lambda: DLLMCache(prompt_interval=5, gen_interval=3),
+        "fast-prefix": PrefixCache,
+        "adaptive": lambda: LayerAdaptive(taus=[0.995, 0.98], warmup_steps=2),
     }[name]()
 
 
@@ -217,7 +223,39 @@ def command_line(rank: int, world: int, payload: dict[str, Any]) -> dict[str, An
     return outputs
 
 
-JOBS = {"equivalence": equivalence, "accounting": accounting, "command_line": command_line}
+def host_syncs(rank: int, world: int, payload: dict[str, Any]) -> dict[str, list[dict]]:
+    """Per policy: the read-backs inside each sparse step's layer loop (must be none)."""
+    from dyllm.engine.sparse_step import SparseStep
+    from tests.sync_counter import SyncCounter
+
+    model = dyllm.load(payload["folder"], tensor_parallel=world)
+    counts: dict[str, list[dict]] = {}
+    original = SparseStep.run
+
+    def counted_run(self, *args, **kwargs):
+        with SyncCounter() as counter:
+            logits = original(self, *args, **kwargs)
+        counts[current].append(dict(counter.calls))
+        return logits
+
+    SparseStep.run = counted_run
+    try:
+        for current in payload["policies"]:
+            counts[current] = []
+            dyllm.generate(
+                model, PROMPTS["padded"], policy=make_policy(current), **options("llada")
+            )
+    finally:
+        SparseStep.run = original
+    return counts
+
+
+JOBS = {
+    "equivalence": equivalence,
+    "accounting": accounting,
+    "command_line": command_line,
+    "host_syncs": host_syncs,
+}
 
 
 def main(rank: int, world: int, folder: Path) -> None:

@@ -38,6 +38,7 @@ from dyllm.models.keymaps import checkpoint_keys
 from dyllm.models.parallel import SPLITS
 from tests.checkpoints import write_tiny_checkpoint, write_tiny_tokenizer
 from tests.distributed_jobs import (
+    MORE_POLICIES,
     POLICIES,
     PROMPTS,
     forward_inputs,
@@ -133,11 +134,13 @@ def two_processes(
     split = ["--tensor-parallel", "2"]
     runs = [("llada", "topk"), ("dream-kv1", "dllm-cache")]
     payload = {
-        "jobs": ["equivalence", "accounting", "command_line"],
+        "jobs": ["equivalence", "accounting", "command_line", "host_syncs"],
         "equivalence": {
             "folders": folders,
-            "cases": [(policy, prompts) for policy in POLICIES for prompts in PROMPTS],
+            "cases": [(policy, prompts) for policy in POLICIES for prompts in PROMPTS]
+            + [(policy, "padded") for policy in MORE_POLICIES],
         },
+        "host_syncs": {"folder": folders["llada"], "policies": ["dyllm", "topk", "dllm-cache"]},
         "accounting": {"folders": folders, "runs": runs},
         "command_line": {
             "commands": {
@@ -198,6 +201,17 @@ def test_two_processes_equal_one_for_both_families_every_policy_and_batch(
 ) -> None:
     results = [result["equivalence"] for result in two_processes]
     _check_equivalence(results, checkpoints, 2)
+
+
+def test_no_read_back_inside_the_layer_loop_of_a_split_model(
+    two_processes: list[dict[str, Any]],
+) -> None:
+    """The collectives are device operations: the sparse step's layer loop still reads nothing
+    back to the host (tests/test_host_syncs.py, one process)."""
+    for result in two_processes:
+        for policy, steps in result["host_syncs"].items():
+            assert steps, f"{policy} ran no sparse step"
+            assert all(not calls for calls in steps), (policy, steps)
 
 
 @pytest.mark.parametrize(
@@ -379,6 +393,13 @@ def test_a_plan_replicates_key_value_heads_when_there_are_fewer_than_processes()
     assert shards[3].parameter_slice("layers.0.o_proj.weight", config) == (1, 48, 64)
     assert shards[2].parameter_slice("final_norm.weight", config) is None
     assert set(SPLITS) >= {"q_proj.weight", "ffn.down_proj.weight", "lm_head.weight"}
+
+
+def test_info_names_the_tensor_parallel_sizes(checkpoints: dict[str, Path], capsys) -> None:
+    assert cli_main(["info", str(checkpoints["dream"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tensor_parallel_sizes"] == [1, 2, 4]
+    assert cli_main(["info", str(checkpoints["dream"])]) == 0
+    assert "tensor parallel 1, 2, 4 processes" in capsys.readouterr().out
 
 
 def test_load_with_tensor_parallel_needs_a_process_group(checkpoints: dict[str, Path]) -> None:
