@@ -453,9 +453,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     prompts, model, options, policy = launch.agree(setup)
     if data_parallel:
         prompts = my_share(prompts)
-    result = None
-    if prompts:  # a process may get no prompt when there are fewer prompts than processes
-        result = dyllm.generate(
+
+    def run() -> GenerationResult | None:
+        if not prompts:  # a process gets none when there are fewer prompts than processes
+            return None
+        return dyllm.generate(
             model,
             prompts,
             policy=policy,
@@ -463,8 +465,10 @@ def _run_generate(args: argparse.Namespace) -> int:
             progress=not (args.no_progress or args.json) and launch.is_main_process(),
             **options,
         )
-    if data_parallel:
-        return _report_shares(args, result)
+
+    if data_parallel:  # no collective inside: a failure on one share can be agreed on
+        return _report_shares(args, launch.agree(run))
+    result = run()
     assert result is not None
     if not launch.is_main_process():
         return 0
