@@ -58,7 +58,8 @@ class Communicator(Protocol):
     def world_size(self) -> int: ...
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The elementwise sum over the processes, written into `tensor`; returns it."""
+        """The elementwise sum over the processes (written into `tensor` when it is contiguous);
+        callers use the returned tensor."""
         ...
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ class TensorParallelShard:
         return dimension, start * unit, end * unit
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over the group's processes (in place)."""
+        """Sum over the group's processes (the communicator's `all_reduce`; use the result)."""
         return self.communicator.all_reduce(tensor)
 
     def gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
