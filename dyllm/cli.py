@@ -22,6 +22,12 @@ load a user's own; this file names no policy and no policy parameter.
 
 `serve` imports `dyllm.serve` only when run, so the core install needs none of the `serve`
 extra's packages; without them it ends with one line saying which extra to install.
+
+Several processes (docs/tensor-parallel.md): under `torchrun --nproc-per-node N -m dyllm ...`,
+`generate` and `bench` with `--tensor-parallel N` split the model over the N processes;
+`generate` without it gives each process a share of the prompts (data parallel) and gathers the
+answers in order. Only the first process prints. Setup errors on any process end every process
+with that message (`dyllm.distributed.launch.agree`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed
+
+from dyllm.distributed import launch
+from dyllm.distributed.data_parallel import gather_in_order, my_share
+from dyllm.generation import GenerationResult
 from dyllm.generation.config import draw_seed
+from dyllm.models import DiffusionTransformer
 from dyllm.models.config import ConfigError
 from dyllm.models.loader import CheckpointError
 from dyllm.policies import SaliencyPolicy
@@ -87,9 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.run(args)
         sys.stdout.flush()
         return code
+    except launch.ProcessGroupError as error:  # the same on every process: one prints it
+        if launch.is_main_process():
+            print(f"{command}: error: {error}", file=sys.stderr)
+        return 2
     except USAGE_ERRORS as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"{command}: error: {message}", file=sys.stderr)
+        print(f"{command}: error{_process_tag()}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
@@ -104,6 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if os.environ.get(TRACEBACK_VARIABLE) == "1":
             raise
+        if isinstance(error, RuntimeError) and _collective_failed(error):
+            print(
+                f"{command}: error{_process_tag()}: a collective failed, most likely because "
+                f"another process stopped (its message comes first): {error}",
+                file=sys.stderr,
+            )
+            return 2
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         if "out of memory" in str(error).lower():
             advice = "run fewer prompts at once (--max-batch-size) or shorter answers"
@@ -131,6 +155,25 @@ def _flush_or_discard_stdout() -> None:
         sys.stdout.flush()
     except OSError:
         _discard_stdout()
+
+
+def _process_tag() -> str:
+    """' (process r of N)' inside a process group, '' outside one."""
+    size = launch.world_size()
+    return f" (process {launch.rank()} of {size})" if size > 1 else ""
+
+
+COLLECTIVE_FAILURES = ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo")
+"""What the backends' errors say when a collective breaks because a peer went away."""
+
+
+def _collective_failed(error: RuntimeError) -> bool:
+    """Whether `error` is a broken collective of this process's group (not a bug to show)."""
+    if launch.world_size() == 1:
+        return False
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    return any(marker in str(error) for marker in COLLECTIVE_FAILURES)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -212,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--json", action="store_true", help="print one JSON object")
     generate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_tensor_parallel_flag(generate)
     generate.set_defaults(run=_run_generate)
 
     trace = commands.add_parser("trace", help="draw a recompute trace as a PNG heatmap")
@@ -293,6 +337,7 @@ def _add_bench(commands) -> None:
     bench.add_argument("--name", help="file stem for the JSON and PNG (default MODEL-DEVICE)")
     bench.add_argument("--no-plot", action="store_true", help="write no PNG")
     bench.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    _add_tensor_parallel_flag(bench)
     bench.set_defaults(run=_run_bench)
 
 
@@ -391,6 +436,70 @@ def _run_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     serve(settings, log_level=args.log_level)
+
+
+def _add_tensor_parallel_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the model over N processes: run under `torchrun --nproc-per-node N -m dyllm` "
+        "(default 1; under torchrun without it, generate splits the prompts instead)",
+    )
+
+
+def _join_group(args: argparse.Namespace) -> bool:
+    """Join the process group torchrun describes; True when the model is split over it (False:
+    one process, or generate's data parallelism)."""
+    size = args.tensor_parallel
+    if size < 1:
+        raise ValueError(f"--tensor-parallel must be at least 1, got {size}")
+    if not launch.join_from_environment(args.device) and size > 1:
+        raise ValueError(
+            f"--tensor-parallel {size} needs {size} processes: run `torchrun --nproc-per-node "
+            f"{size} -m dyllm {args.command} ... --tensor-parallel {size}`"
+        )
+    return size > 1
+
+
+def _check_group_size(args: argparse.Namespace) -> None:
+    """A split model needs exactly as many processes as parts (checked inside `agree`, so every
+    process reports it once)."""
+    size, processes = args.tensor_parallel, launch.world_size()
+    if size > 1 and size != processes:
+        raise ValueError(
+            f"--tensor-parallel {size} with {processes} processes: start as many processes as "
+            f"the model is split over (torchrun --nproc-per-node {size})"
+        )
+
+
+def _report_shares(args: argparse.Namespace, result: GenerationResult | None) -> int:
+    """Data parallelism: gather every process's answers in prompt order; the first prints."""
+    mine = []
+    if result is not None:
+        mine = [(result.token_ids, result.texts, result.stats.to_dict())]
+    shares = gather_in_order(mine)
+    if not launch.is_main_process():
+        return 0
+    token_ids = [ids for share in shares for ids in share[0]]
+    texts = None
+    if all(share[1] is not None for share in shares):
+        texts = [text for share in shares for text in share[1]]
+    stats = [share[2] for share in shares]
+    if args.json:
+        print(json.dumps({"token_ids": token_ids, "texts": texts, "process_stats": stats}))
+        return 0
+    shown = texts or [",".join(map(str, ids)) for ids in token_ids]
+    for number, text in enumerate(shown):
+        print((f"[{number}] " if len(shown) > 1 else "") + text)
+    tokens = sum(entry["generated_tokens"] for entry in stats)
+    wall = max(entry["wall_time_s"] for entry in stats)
+    print(
+        f"\n{tokens} tokens in {wall:.2f} s ({tokens / wall if wall else 0.0:.1f} tokens/s) on "
+        f"{launch.world_size()} processes, {len(stats)} with prompts",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -424,9 +533,21 @@ def _run_bench(args: argparse.Namespace) -> int:
     from dyllm.bench.headline import format_headline
     from dyllm.reference.tasks import TASK_NAMES
 
-    _load_plugins(args)
+    tensor_parallel = _join_group(args)
+
+    def setup() -> None:
+        _check_group_size(args)
+        if launch.world_size() > 1 and not tensor_parallel:
+            raise ValueError(
+                "dyllm bench under torchrun splits the model (--tensor-parallel N with N "
+                "processes); benchmarking shares of the problems on separate processes is not "
+                "supported"
+            )
+        _load_plugins(args)
+        resolve_model(model)  # an empty name or a missing folder fails before the run
+
     model = args.model if args.model is not None else DEFAULT_MODEL
-    resolve_model(model)  # an empty name or a missing folder fails before the run
+    launch.agree(setup)
     settings = BenchSettings(
         model=model,
         methods=[parse_method(text) for text in args.method] if args.method else None,
@@ -443,21 +564,28 @@ def _run_bench(args: argparse.Namespace) -> int:
         threads=None if args.threads == 0 else args.threads,
         seed=args.seed,
         check_invariants=args.check_invariants,
+        tensor_parallel=args.tensor_parallel,
     )
     settings.validate()
     for task in settings.tasks:
         if task not in TASK_NAMES:
             raise ValueError(f"unknown task {task!r}; the suite has {', '.join(TASK_NAMES)}")
-    if not args.no_plot:
-        _require_matplotlib("drawing the benchmark", "or pass --no-plot")
-    _prepare_folder(args.out_dir, "--out-dir")
+    main_process = launch.is_main_process()
+    if main_process:
+        if not args.no_plot:
+            _require_matplotlib("drawing the benchmark", "or pass --no-plot")
+        _prepare_folder(args.out_dir, "--out-dir")
     stem = args.name or f"{Path(model).name}-{args.device.split(':')[0]}"
     json_path = args.out_dir / f"{stem}.json"
     png_path = args.out_dir / f"{stem}.png"
-    for path in (json_path, *(() if args.no_plot else (png_path,))):
-        check_writable(path, "--out-dir")
-    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if main_process:
+        for path in (json_path, *(() if args.no_plot else (png_path,))):
+            check_writable(path, "--out-dir")
+    quiet = args.quiet or not main_process
+    log = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_benchmark(settings, log=log)
+    if not main_process:
+        return 0
     print(format_table(report))
     print("\n" + format_headline(report["headline"]))
     sys.stdout.flush()
@@ -581,32 +709,67 @@ def _read_stdin() -> str:
 def _run_generate(args: argparse.Namespace) -> int:
     import dyllm
 
-    _load_plugins(args)
-    prompts = _read_prompts(args)
-    for path, flag in ((args.trace, "--trace"), (args.output, "--output")):
-        if path is not None:
-            check_writable(path, flag)
-    folder = resolve_model(args.model)
-    _warn_off_task(folder, prompts, args)
-    model = dyllm.load(
-        folder, device=args.device, dtype=args.dtype, check_finite=not args.no_check_weights
-    )
-    options = {name: getattr(args, name) for name in SAMPLER_OPTIONS}
-    options = {name: value for name, value in options.items() if value is not None}
-    for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
-        if getattr(args, flag):
-            options[flag] = True
-    seed = args.seed if args.seed is not None else draw_seed()  # calibration shares it
-    options.update(chat=args.chat, seed=seed, max_batch_size=args.max_batch_size)
-    policy = _policy(args, model, prompts, options)
-    result = dyllm.generate(
-        model,
-        prompts,
-        policy=policy,
-        trace=args.trace is not None,
-        progress=not (args.no_progress or args.json),
-        **options,
-    )
+    tensor_parallel = _join_group(args)
+    data_parallel = launch.world_size() > 1 and not tensor_parallel
+    # every process draws with the same seed: a fresh one is drawn once and shared
+    seed = args.seed if args.seed is not None else launch.shared_value(draw_seed())
+
+    def setup() -> tuple[list, Path, DiffusionTransformer, dict, SaliencyPolicy]:
+        _check_group_size(args)
+        if launch.world_size() > 1 and not (args.prompts or args.prompts_file):
+            raise ValueError("under torchrun give the prompts as arguments or a --prompts-file")
+        if data_parallel and (args.trace is not None or args.output is not None):
+            raise ValueError(
+                "--trace and --output are written by one process; with prompts shared among "
+                "processes run without torchrun (or split the model with --tensor-parallel)"
+            )
+        _load_plugins(args)
+        prompts = _read_prompts(args)
+        if launch.is_main_process():
+            for path, flag in ((args.trace, "--trace"), (args.output, "--output")):
+                if path is not None:
+                    check_writable(path, flag)
+        folder = resolve_model(args.model)
+        if launch.is_main_process():
+            _warn_off_task(folder, prompts, args)
+        device = launch.process_device(args.device) if data_parallel else args.device
+        model = dyllm.load(
+            folder,
+            device=device,
+            dtype=args.dtype,
+            check_finite=not args.no_check_weights,
+            tensor_parallel=args.tensor_parallel,
+        )
+        options = {name: getattr(args, name) for name in SAMPLER_OPTIONS}
+        options = {name: value for name, value in options.items() if value is not None}
+        for flag in ("logits_eos_inf", "confidence_eos_eot_inf", "stop_at_eos"):
+            if getattr(args, flag):
+                options[flag] = True
+        options.update(chat=args.chat, seed=seed, max_batch_size=args.max_batch_size)
+        return prompts, folder, model, options, _policy(args, model, prompts, options)
+
+    prompts, folder, model, options, policy = launch.agree(setup)
+    if data_parallel:
+        prompts = my_share(prompts)
+
+    def run() -> GenerationResult | None:
+        if not prompts:  # a process gets none when there are fewer prompts than processes
+            return None
+        return dyllm.generate(
+            model,
+            prompts,
+            policy=policy,
+            trace=args.trace is not None,
+            progress=not (args.no_progress or args.json) and launch.is_main_process(),
+            **options,
+        )
+
+    if data_parallel:  # no collective inside: a failure on one share can be agreed on
+        return _report_shares(args, launch.agree(run))
+    result = run()
+    assert result is not None
+    if not launch.is_main_process():
+        return 0
     record = {
         "model": {
             "name": args.model if args.model is not None else DEFAULT_MODEL,
@@ -614,6 +777,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             "family": model.config.family,
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
+            "tensor_parallel": args.tensor_parallel,
         },
         "policy": policy.describe(),
         **result.to_dict(),

@@ -58,10 +58,16 @@ def tiny_model(
 
 
 def write_tiny_checkpoint(
-    family: str, folder: Path, *, seed: int = 0, max_shard_bytes: int | None = None
+    family: str,
+    folder: Path,
+    *,
+    seed: int = 0,
+    max_shard_bytes: int | None = None,
+    **overrides: object,
 ) -> DiffusionTransformer:
-    """Save a tiny model of the family to `folder` and return it."""
-    model = tiny_model(family, seed)
+    """Save a tiny model of the family (preset fields changed by `overrides`, e.g.
+    num_kv_heads=1) to `folder` and return it."""
+    model = tiny_model(family, seed, **overrides)
     save_pretrained(model, folder, max_shard_bytes=max_shard_bytes)
     return model
 

@@ -2,9 +2,11 @@
 inside its layer loop.
 
 On a GPU every read-back (`.item()`, `bool(t)`, `int(t)`, `.tolist()`, `nonzero`, a boolean-mask
-index) waits for the launch queue to drain. `SyncCounter`, a `TorchFunctionMode`, records each
-such call; the tests count them inside `SparseStep.run` (the layer loop: none allowed) and over
-whole generations of tiny models with 2 and with 6 layers (the count must not grow with depth).
+index) waits for the launch queue to drain. `SyncCounter` (`tests/sync_counter.py`), a
+`TorchFunctionMode`, records each such call; the tests count them inside `SparseStep.run` (the
+layer loop: none allowed) and over whole generations of tiny models with 2 and with 6 layers
+(the count must not grow with depth). Under tensor parallelism the same holds
+(`tests/test_tensor_parallel.py`).
 """
 
 from __future__ import annotations
@@ -13,54 +15,12 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import dyllm
 from dyllm.engine.sparse_step import SparseStep
 from dyllm.policies import CosineThreshold, DLLMCache, DualCache, EveryRow, TopK
 from tests.checkpoints import tiny_model
-
-READ_BACKS = {
-    torch.Tensor.item,
-    torch.Tensor.tolist,
-    torch.Tensor.__bool__,
-    torch.Tensor.__int__,
-    torch.Tensor.__float__,
-    torch.Tensor.__index__,
-    torch.Tensor.nonzero,
-    torch.nonzero,
-    torch.Tensor.cpu,
-    torch.Tensor.numpy,
-    torch.masked_select,
-    torch.Tensor.masked_select,
-}
-INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
-
-
-class SyncCounter(TorchFunctionMode):
-    """Counts calls that copy a tensor's value to the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in READ_BACKS:
-            self.calls[func.__name__] += 1
-        elif func in INDEXING and _has_bool_index(args[1] if len(args) > 1 else None):
-            self.calls[f"{func.__name__}[bool]"] += 1
-        return func(*args, **kwargs)
-
-    @property
-    def total(self) -> int:
-        return sum(self.calls.values())
-
-
-def _has_bool_index(index: object) -> bool:
-    items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
-
+from tests.sync_counter import SyncCounter
 
 PROMPTS = [[5, 17, 33, 8], [9, 4, 61, 2, 70, 12]]
 

@@ -16,6 +16,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "dyllm"
 
 APPLICATIONS = (
     "dyllm",
+    "dyllm.__main__",
     "dyllm.api",
     "dyllm.cli",
     "dyllm.bench",
@@ -23,8 +24,8 @@ APPLICATIONS = (
     "dyllm.reference",
     "dyllm.serve",
 )
-"""The top: the public API, the command line, the benchmark, the lm-eval adapter, the reference
-models' tooling and the HTTP server may use anything."""
+"""The top: the public API, the command line (and `python -m dyllm`), the benchmark, the lm-eval
+adapter, the reference models' tooling and the HTTP server may use anything."""
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "dyllm.json_files": (),
@@ -36,6 +37,16 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "dyllm.policies": ("dyllm.kernels", "dyllm.generation.step"),
     "dyllm.cache": ("dyllm.models",),
     "dyllm.engine": (
+        "dyllm.cache",
+        "dyllm.policies",
+        "dyllm.generation",
+        "dyllm.models",
+        "dyllm.kernels",
+        "dyllm.tokenizer",
+        "dyllm.json_files",
+    ),
+    "dyllm.distributed": (
+        "dyllm.engine",
         "dyllm.cache",
         "dyllm.policies",
         "dyllm.generation",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -174,6 +176,50 @@ def test_the_readme_command_runs_through_lm_evals_command_line(
     prompts = [sample["arguments"]["gen_args_0"]["arg_0"] for sample in samples]
     assert len(prompts) == len(PROBLEMS) and all(p.endswith(" =") for p in prompts)
     model = dyllm.load("llada-ref", device=pick_device(given["device"]), dtype=given["dtype"])
+    expected = dyllm.generate(
+        model,
+        prompts,
+        policy=make_policy(given["policy"], "llada", tau=float(given["tau"])),
+        gen_length=int(given["gen_length"]),
+        steps=int(given["steps"]),
+        block_length=int(given["block_length"]),
+    )
+    assert [sample["resps"][0][0] for sample in samples] == [
+        text.split("\n")[0] for text in expected.texts
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", [False, True], ids=["data-parallel", "tensor-parallel"])
+def test_several_processes_under_torchrun_give_the_single_process_answers(
+    task_dir: Path, tmp_path: Path, split: bool
+) -> None:
+    """`torchrun --nproc-per-node 2 -m dyllm.eval ...`: lm-eval shares the requests out between
+    two processes (data parallel) or both serve every request with the model split
+    (tensor_parallel=2); the samples file holds the single process's answers either way."""
+    argv = local_argv(task_dir, "dyllm_local_sort")
+    given = model_args_of(argv)
+    if split:
+        argv[argv.index("--model_args") + 1] += ",tensor_parallel=2"
+    out = tmp_path / "out"
+    repository = Path(__file__).resolve().parents[1]
+    paths = [str(repository), *filter(None, [os.environ.get("PYTHONPATH")])]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    completed = subprocess.run(
+        [*launcher, "2", "-m", "dyllm.eval", *argv, "--output_path", str(out), "--log_samples"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (samples_file,) = out.rglob("samples_dyllm_local_sort_*.jsonl")
+    lines = samples_file.read_text().splitlines()
+    samples = sorted((json.loads(line) for line in lines), key=lambda sample: sample["doc_id"])
+    assert [sample["doc_id"] for sample in samples] == list(range(len(PROBLEMS)))
+    prompts = [sample["arguments"]["gen_args_0"]["arg_0"] for sample in samples]
+    model = dyllm.load("llada-ref", device="cpu", dtype=given["dtype"])
     expected = dyllm.generate(
         model,
         prompts,

@@ -13,6 +13,7 @@ import torch
 
 from dyllm.kernels import PaddedRows, row_cosine, saliency_attention_reference
 from dyllm.kernels.dispatch import implementation
+from dyllm.kernels.primitives import cosine_from_partial_sums
 
 
 def _case(seed: int, batch: int, heads: int, kv_heads: int, queries: int, length: int):
@@ -85,6 +86,40 @@ def test_matches_definition(batch, heads, kv_heads, queries, length, approximate
     torch.testing.assert_close(cosine.double(), naive_cosine, atol=1e-5, rtol=1e-5)
     if not approximate:
         assert torch.equal(context_new[~exact], context_old[~exact])
+
+
+def test_partial_sums_over_head_groups_add_up_to_the_cosine() -> None:
+    """Tensor parallelism: each process runs the attention on its heads and returns the cosine's
+    sums; added over the head groups and combined they are the cosine over all heads."""
+    q, key, value, context_old, exact, refreshed, delta, key_mask, _ = _case(7, 2, 4, 2, 5, 9)
+    columns = PaddedRows.from_mask(refreshed, _capacity(refreshed, 1))
+    exact_rows = PaddedRows.from_mask(exact, _capacity(exact, 1))
+    padded_delta = (
+        delta.gather(2, columns.index[:, None, :, None].expand(-1, 2, -1, delta.shape[-1]))
+        * columns.valid[:, None, :, None]
+    )
+    shared = (exact_rows, columns)
+    whole, cosine = saliency_attention_reference(
+        q, key, value, context_old, *shared, padded_delta, key_mask
+    )
+    dim = q.shape[-1]
+    parts, sums = [], torch.zeros(3, 2, 5)
+    for group in range(2):  # two "processes", each 2 query heads and their key/value head
+        heads, kv = slice(2 * group, 2 * group + 2), slice(group, group + 1)
+        part, partial = saliency_attention_reference(
+            q[:, heads],
+            key[:, kv],
+            value[:, kv],
+            context_old[..., 2 * group * dim : (2 * group + 2) * dim],
+            *shared,
+            padded_delta[:, kv],
+            key_mask,
+            partial_sums=True,
+        )
+        parts.append(part)
+        sums += partial
+    torch.testing.assert_close(torch.cat(parts, dim=-1), whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(cosine_from_partial_sums(sums), cosine, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("capacity", [0, 3], ids=["tight", "padded"])

@@ -48,7 +48,7 @@ from dyllm.kernels import (
     saliency_attention,
     saliency_attention_reference,
 )
-from dyllm.kernels.primitives import rope_angles
+from dyllm.kernels.primitives import cosine_from_partial_sums, rope_angles
 from dyllm.kernels.triton_launch import block_size, row_tile
 from dyllm.policies import CosineThreshold, EveryRow, SaliencyPolicy
 from tests.checkpoints import tiny_model
@@ -138,6 +138,23 @@ def _check_attention(
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_saliency_attention_matches_reference(shape: tuple, dtype: torch.dtype) -> None:
     _check_attention(shape, dtype, approximate=True)
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES[1:3], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("approximate", [True, False], ids=["approximate", "frozen"])
+def test_saliency_attention_partial_sums_match_reference(shape: tuple, approximate: bool) -> None:
+    """Tensor parallelism asks for the cosine's sums over the launch's heads, uncombined; both
+    paths give the reference's, and combined they are the cosine either path returns."""
+    inputs = _attention_case(3, shape, torch.float32)
+    _, expected = saliency_attention_reference(*inputs, approximate, partial_sums=True)
+    _, sums = saliency_attention(
+        *inputs, approximate=approximate, partial_sums=True, backend="triton"
+    )
+    _, cosine = saliency_attention(*inputs, approximate=approximate, backend="triton")
+    atol, rtol = TOLERANCES[torch.float32]
+    assert sums.shape == (3, shape[0], shape[3]) and sums.dtype == torch.float32
+    assert_close_report(sums, expected, atol=atol, rtol=rtol, name="partial sums")
+    torch.testing.assert_close(cosine_from_partial_sums(sums), cosine, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES[:2], ids=lambda s: "x".join(map(str, s)))

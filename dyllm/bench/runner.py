@@ -25,6 +25,7 @@ from dyllm.bench.machine import describe_machine
 from dyllm.bench.measure import Workload, measure
 from dyllm.bench.methods import BASELINE, MethodSpec, default_methods
 from dyllm.bench.schema import SCHEMA_VERSION, check_report
+from dyllm.distributed.launch import agree
 from dyllm.reference.evaluate import default_gen_length
 from dyllm.reference.tasks import HELDOUT_PER_TASK, TASK_NAMES, heldout_problems, training_stream
 
@@ -61,6 +62,9 @@ class BenchSettings:
     slower (OpenMP threads waiting on each other). Raise it for large models."""
     seed: int = 0
     check_invariants: bool = False
+    tensor_parallel: int = 1
+    """Processes the model is split over (run under torchrun with as many; every process runs
+    the grid, the first one reports)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -102,7 +106,14 @@ def run_benchmark(
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
-    model = dyllm.load(settings.model, device=settings.device, dtype=settings.dtype)
+    model = agree(
+        lambda: dyllm.load(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            tensor_parallel=settings.tensor_parallel,
+        )
+    )
     if model.tokenizer is None:
         raise ValueError(
             f"{settings.model} has no tokenizer files, so answers cannot be scored; benchmark a "
@@ -171,7 +182,11 @@ def run_benchmark(
             "decodings": [decoding.to_dict() for decoding in decodings],
             "seed": settings.seed,
         },
-        "machine": {**describe_machine(next(model.parameters()).device), "dtype": str(model.dtype)},
+        "machine": {
+            **describe_machine(next(model.parameters()).device),
+            "dtype": str(model.dtype),
+            "tensor_parallel": settings.tensor_parallel,
+        },
         "runs": runs,
         "total_seconds": time.perf_counter() - started,
         **settings.extra,
@@ -199,7 +214,11 @@ def _describe_model(name: str, model: torch.nn.Module) -> dict[str, Any]:
     return {
         "name": name,
         **model.config.shape_summary(),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": (
+            sum(p.numel() for p in model.parameters())
+            if model.shard is None
+            else model.config.num_parameters  # the whole model's, not one shard's
+        ),
     }
 
 

@@ -10,6 +10,10 @@ the next step:
 | `context` | [B, L, H * D] | the row is a query (attention output before o_proj) |
 | `ffn_out` | [B, L, d] | the row goes through the FFN |
 
+Under tensor parallelism each process keeps the K, V and context of its own heads (H and KV are
+the heads the process holds, `num_heads` / `num_kv_heads`) and the whole FFN output, which the
+FFN's all-reduce makes the same on every process.
+
 With `check_invariants` (on in the tests, off by default in `dyllm.generate`), plain tensors keep
 the books: a `written` mask per layer and buffer records which rows hold data, so a read of a row
 never written fails loudly instead of returning zeros. The checks read a flag back to the host at
@@ -52,7 +56,8 @@ class CacheManager:
     """Buffers for `num_layers` layers of a batch of `batch` sequences of `length` positions.
 
     Row sets are boolean masks [B, L] or (batch_index, position) index pairs; every write marks
-    the rows written, every checked read asserts they were.
+    the rows written, every checked read asserts they were. `num_heads` and `num_kv_heads` are
+    the heads this process holds (default: the config's, a single process).
     """
 
     def __init__(
@@ -63,17 +68,22 @@ class CacheManager:
         device: torch.device | str,
         dtype: torch.dtype,
         check_invariants: bool = False,
+        *,
+        num_heads: int | None = None,
+        num_kv_heads: int | None = None,
     ) -> None:
         self.batch, self.length = batch, length
         self.check_invariants = check_invariants
-        kv_shape = (batch, config.num_kv_heads, length, config.head_dim)
+        heads = config.num_heads if num_heads is None else num_heads
+        kv_heads = config.num_kv_heads if num_kv_heads is None else num_kv_heads
+        kv_shape = (batch, kv_heads, length, config.head_dim)
         self.layers = []
         for _ in range(config.num_layers):
             layer = LayerCache(
                 key=torch.zeros(kv_shape, device=device, dtype=dtype),
                 value=torch.zeros(kv_shape, device=device, dtype=dtype),
                 context=torch.zeros(
-                    batch, length, config.num_heads * config.head_dim, device=device, dtype=dtype
+                    batch, length, heads * config.head_dim, device=device, dtype=dtype
                 ),
                 ffn_out=torch.zeros(batch, length, config.hidden_size, device=device, dtype=dtype),
             )

@@ -24,7 +24,13 @@ from typing import Any
 import torch
 
 from dyllm.cache import CacheManager
-from dyllm.engine.sparse_step import Capacities, QueryRows, SparseStep, StepOutcome
+from dyllm.engine.sparse_step import (
+    Capacities,
+    QueryRows,
+    SparseStep,
+    StepOutcome,
+    check_same_rows,
+)
 from dyllm.engine.statistics import RecomputeStatistics
 from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.step import StepContext
@@ -73,7 +79,14 @@ class SaliencyDenoiser(Denoiser):
         batch, length = x.shape
         if self.cache is None:
             self.cache = CacheManager(
-                self.model.config, batch, length, x.device, self.model.dtype, self.check_invariants
+                self.model.config,
+                batch,
+                length,
+                x.device,
+                self.model.dtype,
+                self.check_invariants,
+                num_heads=self.model.num_heads,
+                num_kv_heads=self.model.num_kv_heads,
             )
         plan = self.policy.plan(ctx)
         if not isinstance(plan, StepPlan):
@@ -97,6 +110,10 @@ class SaliencyDenoiser(Denoiser):
     def _sparse(self, x: torch.Tensor, ctx: StepContext, plan: StepPlan) -> torch.Tensor:
         assert self.cache is not None
         queries, refresh = self._checked_plan(plan, x)
+        if self.check_invariants:  # under tensor parallelism: the same plan on every process
+            name = self.policy.name
+            check_same_rows(self.model, queries, f"the plan's queries at step {ctx.step}", name)
+            check_same_rows(self.model, refresh, f"the plan's refresh at step {ctx.step}", name)
         query_rows, most_refreshed = self._query_rows(queries, refresh, ctx)
         # the window's columns are all queries, so in each row they are consecutive slots of the
         # (ascending) query positions, starting after the queries left of the window

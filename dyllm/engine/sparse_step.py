@@ -8,11 +8,19 @@ Per layer, for the step's query rows (docs/sparse-step.md, docs/architecture.md)
 2. Attention (`saliency_attention` kernel) for every query row: refreshed rows exactly; the others
    `C_old + softmax(q K^T / sqrt(d)) dV` (approximate) or `C_old` (frozen).
 3. The policy selects rows from the context cosine; the context cache becomes `C_new`.
-4. `h += o_proj(C_new)`; the FFN runs on the selected rows only (`gathered_ffn` kernel), the
-   others reuse their cached output; `h += ffn_out`. The selected rows are the next layer's
-   incoming set.
+4. `h += o_proj(C_new)` (`attention_output`); the FFN runs on the selected rows only
+   (`gathered_ffn` kernel), the others reuse their cached output; `h += ffn_out`. The selected
+   rows are the next layer's incoming set.
 
 Rows that are not queries are not touched at all: their K/V, context and FFN output stay cached.
+
+**Tensor parallelism** (a model with a `shard`, docs/tensor-parallel.md): the same code runs on
+every process over its own heads and FFN columns; the layer's stages hold the all-reduces (after
+o_proj, after the FFN's down projection, the embedding) and the vocabulary gather. The context
+cosine is assembled from per-row partial sums (new.old, new.new, old.old over the process's
+heads) added over the processes in float32 before they are combined, and so is the V cosine
+(each key/value head counted once), so every process hands its policy the same signals and the
+policy selects the same rows everywhere; with `check_invariants` the engine checks that it did.
 
 **No host synchronisation inside the layer loop** (on a GPU). Which rows a layer selects is only
 known on the device; reading a count back (`nonzero`, `int(mask.sum())`) would stall a GPU's
@@ -47,6 +55,7 @@ from dyllm.kernels import (
     row_cosine,
     saliency_attention,
 )
+from dyllm.kernels.primitives import cosine_from_partial_sums, row_partial_sums
 from dyllm.models.transformer import DecoderLayer, DiffusionTransformer
 from dyllm.policies.base import AttentionSignals, LayerSignals, SaliencyPolicy
 
@@ -180,7 +189,7 @@ class SparseStep:
         """Logits [B, W, V] of the query rows at `logit_rows` (long [B, W], slots among the
         query rows)."""
         query_ids = input_ids.gather(1, self.queries.index)
-        h = self.model.embed(query_ids)  # the residual stream is rebuilt from the embeddings
+        h = self.model.embed_tokens(query_ids)  # the residual stream is rebuilt every step
         for index, layer in enumerate(self.model.layers):
             h = self._layer(layer, index, h)
         return self.model.logits(h[_batch_column(logit_rows), logit_rows])
@@ -228,6 +237,7 @@ class SparseStep:
         )
         refresh = self._rows(self.policy.rows_to_refresh(index, signals), "rows_to_refresh")
         refresh = refresh & queries.mask
+        self._check_agreement(index, "rows_to_refresh", refresh)
 
         # 1. K/V of the refreshed rows (slots among the queries), RoPE, cache write, dV
         refresh_in_queries = refresh.gather(1, queries.index)  # [B, Q]
@@ -261,11 +271,11 @@ class SparseStep:
         context_old = queries.read(buffers.context)
         if keep_undo:
             undo.old_context = context_old.clone()
-        batch, kv_heads, head_dim = h.shape[0], layer.config.num_kv_heads, layer.config.head_dim
+        batch, kv_heads, head_dim = h.shape[0], layer.num_kv_heads, layer.config.head_dim
         delta_columns = PaddedRows(
             queries.index.gather(1, refreshed.index), refreshed.valid, refreshed.counts
         )
-        context_new, cosine = saliency_attention(
+        context_new, signal = saliency_attention(
             layer.project_queries(normed, self.cos, self.sin),  # [B, H, Q, D]
             buffers.key,
             buffers.value,
@@ -275,18 +285,21 @@ class SparseStep:
             delta_value.view(batch, refresh_capacity, kv_heads, head_dim).transpose(1, 2),
             self.step.attention_mask,
             approximate=self.policy.attention == "approximate",
+            partial_sums=self.model.shard is not None,
         )
+        cosine = self._combined_cosine(signal)  # [B, Q], the same on every process
 
         # 3. selection from the context cosine; the context cache becomes C_new
         after = AttentionSignals(
             **rows, refreshed=refresh, context_cosine=queries.scatter(cosine, 1.0)
         )
         selected = self._rows(self.policy.select(index, after), "select") & queries.mask
+        self._check_agreement(index, "select", selected)
         queries.write(buffers.context, context_new)  # context_old may be a view of these rows
         cache.mark_written(index, "context", queries.mask)
 
         # 4. o_proj on every query row; the FFN on the selected rows only
-        h = h + layer.o_proj(context_new)  # out of place: the h passed in belongs to the caller
+        h = h + layer.attention_output(context_new)  # out of place: h belongs to the caller
         selected_in_queries = selected.gather(1, queries.index)  # [B, Q]
         select_capacity = self.capacities.fit(self.capacities.select[index], selected_in_queries)
         chosen = PaddedRows.from_mask(selected_in_queries, select_capacity)
@@ -330,16 +343,58 @@ class SparseStep:
         return rows
 
     def _value_cosine(self, layer: DecoderLayer, index: int, normed: torch.Tensor) -> torch.Tensor:
-        """Float32 [B, L]: cosine of fresh V against cached V for every query row (+1 elsewhere)."""
+        """Float32 [B, L]: cosine of fresh V against cached V for every query row (+1 elsewhere),
+        over every key/value head of the model (under tensor parallelism: partial sums over the
+        process's heads, each head counted by one of its holders, added over processes)."""
         self.cache.assert_written(index, "value", self.queries.mask)
         fresh = layer.project_values(normed)  # [B, Q, KV * D]
         head_dim = layer.config.head_dim
         index_rows = self.queries.index[:, None, :, None]
         cached = self.cache[index].value.gather(
-            2, index_rows.expand(-1, layer.config.num_kv_heads, -1, head_dim)
+            2, index_rows.expand(-1, layer.num_kv_heads, -1, head_dim)
         )
-        cosine = row_cosine(fresh, rearrange(cached, "b h q d -> b q (h d)"))
+        cached = rearrange(cached, "b h q d -> b q (h d)")
+        shard = self.model.shard
+        if shard is None:
+            cosine = row_cosine(fresh, cached)
+        else:
+            partials = row_partial_sums(fresh, cached)  # [3, B, Q]
+            if not shard.owns_kv_heads:  # another process counts these (replicated) heads
+                partials.zero_()
+            cosine = cosine_from_partial_sums(shard.all_reduce(partials))
         return self.queries.scatter(cosine, 1.0)
+
+    def _combined_cosine(self, signal: torch.Tensor) -> torch.Tensor:
+        """The attention kernel's cosine [B, Q]; under tensor parallelism its partial sums
+        [3, B, Q] over this process's heads, added over the processes (float32), combined."""
+        shard = self.model.shard
+        if shard is None:
+            return signal
+        return cosine_from_partial_sums(shard.all_reduce(signal))
+
+    def _check_agreement(self, index: int, method: str, rows: torch.Tensor) -> None:
+        """With invariant checks under tensor parallelism: every process chose the same rows."""
+        if self.model.shard is not None and self.cache.check_invariants:
+            check_same_rows(self.model, rows, f"{method} at layer {index}", self.policy.name)
+
+
+def check_same_rows(
+    model: DiffusionTransformer, rows: torch.Tensor, what: str, policy_name: str
+) -> None:
+    """Fail unless the bool mask `rows` [B, L] is the same on every process of the model's
+    tensor-parallel group (one all-reduce and one read-back: an invariant check, off by
+    default)."""
+    shard = model.shard
+    if shard is None:
+        return
+    votes = shard.all_reduce(rows.to(torch.int32))  # per row: how many processes chose it
+    if bool(((votes != 0) & (votes != shard.world_size)).any()):
+        raise RuntimeError(
+            f"policy {policy_name!r} chose different rows on different processes ({what}); "
+            "under tensor parallelism a policy must be a deterministic function of its step and "
+            "signals, which are the same on every process (no unseeded randomness, no state "
+            "that differs between processes)"
+        )
 
 
 def _batch_column(index: torch.Tensor) -> torch.Tensor:

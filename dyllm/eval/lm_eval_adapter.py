@@ -21,18 +21,32 @@ answer is generated. Errors are `EvalUsageError` (a ValueError) naming the fix.
 Each request's answer is the generated text up to the first EOS, cut before the first of the
 task's `until` strings. Requests are batched in order of arrival among those with the same
 generation arguments; the texts come back in the order of the requests.
+
+Several processes (docs/tensor-parallel.md), launched with `torchrun --nproc-per-node N -m
+dyllm.eval ...` (or `accelerate launch -m dyllm.eval ...`, which sets the same environment):
+
+* data parallel (default): each process loads the whole model on its own device
+  (cuda:LOCAL_RANK) and reports its rank and the world size to lm-eval, which hands each process
+  a share of the requests and gathers the results through `all_gather`, `gather_object` and
+  `barrier` below; the first process prints and writes the results;
+* tensor parallel (`tensor_parallel=N` in `--model_args`, N processes): the model is split over
+  the processes, every process serves every request, and lm-eval sees one process (rank 0 of 1;
+  lm-eval then reports from LOCAL_RANK 0 only).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import simple_parse_args_string
 
 import dyllm
+from dyllm.distributed import launch
 from dyllm.eval import EvalUsageError
 from dyllm.eval.arguments import merge_model_arguments, parse_batch_size, pick_device
 from dyllm.generation.config import GenerationConfig, check_option_names, resolve_config
@@ -60,10 +74,12 @@ class DyLLMEvalModel(LM):
         batch_size: int | str = 16,
         policy: str = "dense",
         chat: bool = False,
+        tensor_parallel: int | str = 1,
         **options: Any,
     ) -> None:
         super().__init__()
         try:
+            tensor_parallel = _tensor_parallel(tensor_parallel)
             self.batch_size = parse_batch_size(batch_size)
             folder = checkpoint_folder(resolve_model_path(str(pretrained)))
             family = read_config(folder).family
@@ -74,7 +90,17 @@ class DyLLMEvalModel(LM):
             check_option_names(options)
             if dtype is not None:
                 resolve_dtype(dtype)
-            self.model = dyllm.load(folder, device=pick_device(device), dtype=dtype)
+            target = pick_device(device)
+            if launch.join_from_environment(target) and tensor_parallel == 1:
+                # data parallel: lm-eval shares the requests out by these two
+                self._rank, self._world_size = launch.rank(), launch.world_size()
+                target = str(launch.process_device(torch.device(target).type))
+            self.model = launch.agree(
+                lambda: dyllm.load(
+                    folder, device=target, dtype=dtype, tensor_parallel=tensor_parallel
+                )
+            )
+            self._device = next(self.model.parameters()).device
         except EvalUsageError:
             raise
         except ARGUMENT_ERRORS as error:
@@ -95,6 +121,27 @@ class DyLLMEvalModel(LM):
     ) -> DyLLMEvalModel:
         """`batch_size` / `device` from model args, else from lm-eval's flags (see arguments)."""
         return cls(**merge_model_arguments(arg_dict, additional_config))
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Data parallel: every process's `tensor` concatenated along dim 0 (scalars stacked)."""
+        if self._world_size == 1:
+            return tensor
+        rows = tensor.reshape(1) if tensor.dim() == 0 else tensor.contiguous()
+        parts = [torch.empty_like(rows) for _ in range(self._world_size)]
+        dist.all_gather(parts, rows)
+        return torch.cat(parts)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Data parallel: every process's `obj` on process `dst` (None elsewhere)."""
+        if self._world_size == 1:
+            return [obj]
+        gathered: list[Any] | None = [None] * self._world_size if self._rank == dst else None
+        dist.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            dist.barrier()
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Answers for (context, gen_kwargs) requests, cut at the first `until` string."""
@@ -161,6 +208,18 @@ class DyLLMEvalModel(LM):
             "dyllm serves generate_until tasks only: perplexity needs a left-to-right "
             "likelihood, which a masked diffusion LM does not define"
         )
+
+
+def _tensor_parallel(value: int | str) -> int:
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1 or str(size) != str(value).strip():
+        raise EvalUsageError(
+            f"tensor_parallel must be a number of processes (1, 2, ...), got {value!r}"
+        )
+    return size
 
 
 def _message(error: Exception) -> str:

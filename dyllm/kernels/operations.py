@@ -48,6 +48,7 @@ def saliency_attention(
     key_mask: torch.Tensor | None,
     *,
     approximate: bool = True,
+    partial_sums: bool = False,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New contexts [B, Q, H*D] of the query rows and their float32 cosine [B, Q] to the old.
@@ -55,6 +56,9 @@ def saliency_attention(
     q: [B, H, Q, D] after RoPE; key, value: [B, KV, L, D]; context_old: [B, Q, H*D]; exact: the
     query slots computed exactly; delta_columns / delta_value [B, KV, C, D]: the refreshed key
     positions and their dV; key_mask: bool [B, L] or None.
+    partial_sums: return, instead of the cosine, float32 [3, B, Q] holding (new.old, new.new,
+    old.old) summed over these H heads; a process holding some of the heads adds these over the
+    processes and combines them (`primitives.cosine_from_partial_sums`).
     """
     run = implementation("saliency_attention", q.device, backend)
     return run(
@@ -67,6 +71,7 @@ def saliency_attention(
         delta_value,
         key_mask,
         approximate=approximate,
+        partial_sums=partial_sums,
     )
 
 

@@ -11,6 +11,10 @@ their tokens exactly:
   back; Dream computes cos/sin in float32, casts them to the hidden dtype and rotates there.
 * Everything else (RMSNorm in float32 then cast, then the weight; bidirectional softmax attention
   with scale 1/sqrt(head_dim); SwiGLU `down(silu(gate(x)) * up(x))`) is shared.
+
+The row cosine, DyLLM's saliency signal, exists twice: `row_cosine` over a whole row, and as
+partial sums (`row_partial_sums`, `cosine_from_partial_sums`) for a row whose parts live on
+different processes (tensor parallelism, `dyllm.distributed`).
 """
 
 from __future__ import annotations
@@ -99,4 +103,23 @@ def row_cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     new, old = new.float(), old.float()
     dot = (new * old).sum(-1)
     norms = new.norm(dim=-1) * old.norm(dim=-1)
+    return dot / norms.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def row_partial_sums(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """The sums a cosine is made of, float32: [..., F] x [..., F] -> [3, ...] holding
+    (new . old, new . new, old . old) over the last dimension.
+
+    Sums over disjoint parts of F (one process's heads under tensor parallelism) add up to the
+    sums over all of F, so the parts can be all-reduced and then combined
+    (`cosine_from_partial_sums`): every process gets the same cosine.
+    """
+    new, old = new.float(), old.float()
+    return torch.stack(((new * old).sum(-1), (new * new).sum(-1), (old * old).sum(-1)))
+
+
+def cosine_from_partial_sums(partials: torch.Tensor) -> torch.Tensor:
+    """Cosine from summed (new . old, new . new, old . old) [3, ...] (float32) -> [...]."""
+    dot, new_square, old_square = partials.unbind(0)
+    norms = new_square.sqrt() * old_square.sqrt()
     return dot / norms.clamp_min(torch.finfo(torch.float32).tiny)

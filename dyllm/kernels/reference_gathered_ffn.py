@@ -8,11 +8,15 @@ the three matmuls, however many of them are valid (see `row_sets`).
 
 The arithmetic is `dyllm.kernels.primitives.rms_norm` and `swiglu`, the model's own, so the
 eager path gives bit for bit what the layer's FFN gives on the gathered rows. Kernels know
-nothing of modules: the layer's weights arrive as `FeedForwardWeights`.
+nothing of modules: the layer's weights arrive as `FeedForwardWeights`. Under tensor parallelism
+a process holds some of the FFN's columns, so its down projection is a partial sum:
+`FeedForwardWeights.reduce` (the layer's all-reduce) adds the partial rows over the processes
+before they are written, and the cache holds the whole FFN output on every process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +39,9 @@ class FeedForwardWeights:
     """[F, d]."""
     down: torch.Tensor
     """[d, F] (LLaDA: ff_out)."""
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Sums rows of partial down projections [N, d] over tensor-parallel processes (F is this
+    process's share of the FFN columns); None in a single process."""
 
 
 @register("gathered_ffn", "eager")
@@ -54,5 +61,7 @@ def gathered_ffn_reference(
     """
     normed = rms_norm(rows.gather(hidden), weights.norm_weight, weights.norm_eps)  # [N, d]
     fresh = swiglu(normed, weights.gate, weights.up, weights.down)
+    if weights.reduce is not None:
+        fresh = weights.reduce(fresh)
     old = ffn_out[rows.batch_index, positions]
     ffn_out[rows.batch_index, positions] = torch.where(rows.valid[:, None], fresh, old)

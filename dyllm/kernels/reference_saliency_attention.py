@@ -10,7 +10,9 @@ K and V are the layer's caches after this step's refreshed rows were written; dV
 on A and zero elsewhere, so only A's columns contribute to the update (the dropped term is
 dS * V_old, the change of the attention weights themselves). Also returned: the float32 cosine
 similarity of C_new and C_old per row over all heads, DyLLM's saliency signal, so selection
-needs no second pass over the contexts.
+needs no second pass over the contexts; or, with `partial_sums=True`, the three sums the cosine
+is made of (new.old, new.new, old.old) over the heads given, for a caller that holds only some
+of a row's heads (tensor parallelism) and adds the sums over processes before combining them.
 
 This function is the specification the Triton kernel is held to; it favours clarity, computing in
 float32 and casting the contexts back to the cache dtype.
@@ -22,7 +24,7 @@ import torch
 from einops import rearrange
 
 from dyllm.kernels.dispatch import register
-from dyllm.kernels.primitives import attention, row_cosine
+from dyllm.kernels.primitives import attention, row_cosine, row_partial_sums
 from dyllm.kernels.row_sets import PaddedRows
 
 
@@ -37,6 +39,7 @@ def saliency_attention_reference(
     delta_value: torch.Tensor,
     key_mask: torch.Tensor | None,
     approximate: bool = True,
+    partial_sums: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New contexts and their cosine to the old ones, for a sparse step's query rows.
 
@@ -45,7 +48,8 @@ def saliency_attention_reference(
     delta_columns: the refreshed key positions per sequence (index/valid [B, S]);
     delta_value: [B, KV, S, D] = V_new - V_old at those positions (zero where not valid);
     key_mask: bool [B, L] (True = real token) or None.
-    Returns context_new [B, Q, H*D] (context_old's dtype) and cosine [B, Q] float32.
+    Returns context_new [B, Q, H*D] (context_old's dtype) and cosine [B, Q] float32, or with
+    `partial_sums` float32 [3, B, Q]: (new.old, new.new, old.old) summed over these H heads.
     """
     q, key = q.float(), key.float()
     if approximate and delta_columns.width:
@@ -63,8 +67,11 @@ def saliency_attention_reference(
         exact_context = attention(exact_q, key, value.float(), key_mask)
         _write_valid_rows(context_new, exact, rearrange(exact_context, "b h e d -> b e (h d)"))
 
-    cosine = row_cosine(context_new, context_old)
-    return context_new.to(context_old.dtype), cosine
+    if partial_sums:
+        signal = row_partial_sums(context_new, context_old)
+    else:
+        signal = row_cosine(context_new, context_old)
+    return context_new.to(context_old.dtype), signal
 
 
 def _columns_to_full_length(

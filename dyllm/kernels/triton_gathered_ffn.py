@@ -7,7 +7,8 @@ Held to `gathered_ffn_reference`. Five launches for N selected rows:
    six elementwise launches;
 2. gate and up projections: two cuBLAS matmuls on the compact rows;
 3. `_silu_mul_kernel`: `silu(gate) * up` in one pass over [N, F] instead of three;
-4. down projection: one cuBLAS matmul;
+4. down projection: one cuBLAS matmul (under tensor parallelism its partial rows are then
+   summed over the processes by `FeedForwardWeights.reduce`);
 5. `_scatter_rows_kernel`: the valid result rows written by index into the FFN-output cache
    (padding rows, `valid` False, are computed and dropped).
 
@@ -191,6 +192,8 @@ def gathered_ffn_triton(
         BLOCK=elementwise_block,
     )
     result = F.linear(activated, weights.down)  # [N, d]
+    if weights.reduce is not None:  # tensor parallelism: sum the partial rows over processes
+        result = weights.reduce(result)
     _scatter_rows_kernel[row_blocks](
         result,
         rows.batch_index,

@@ -17,7 +17,9 @@ The cosine of new against old context spans all heads of a row, but a program se
 each program writes its head's partial sums (new.old, new.new, old.old) and the launcher adds
 them over heads. That keeps B x H x ceil(Q / 64) programs in flight (LLaDA-8B, batch 1, 256
 query rows: 128, about one wave on a 132-SM GPU) where one program per row block looping over
-heads would leave 4 and most of the GPU idle; the sum runs over 3 x B x H x Q floats.
+heads would leave 4 and most of the GPU idle; the sum runs over 3 x B x H x Q floats. With
+`partial_sums=True` the launcher returns those sums over its heads ([3, B, Q]) uncombined, as the
+reference does, for tensor parallelism (`dyllm.distributed`).
 
 All arithmetic is float32: products on half-precision tiles accumulate in float32, and the
 probabilities are rounded to the value dtype for `P V` as flash attention does.
@@ -32,6 +34,7 @@ import triton
 import triton.language as tl
 
 from dyllm.kernels.dispatch import register
+from dyllm.kernels.primitives import cosine_from_partial_sums
 from dyllm.kernels.row_sets import PaddedRows
 from dyllm.kernels.triton_launch import (
     as_bytes,
@@ -246,6 +249,7 @@ def saliency_attention_triton(
     delta_value: torch.Tensor,
     key_mask: torch.Tensor | None,
     approximate: bool = True,
+    partial_sums: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `saliency_attention_reference` (shapes and semantics there)."""
     batch, heads, num_rows, head_dim = q.shape
@@ -279,6 +283,8 @@ def saliency_attention_triton(
     context_new = new_output(context_old.shape, context_old.dtype, q.device)
     partials = new_output((3, batch, heads, num_rows), torch.float32, q.device)
     if batch * num_rows == 0:
+        if partial_sums:
+            return context_new, torch.zeros(3, batch, num_rows, device=q.device)
         return context_new, torch.ones(batch, num_rows, device=q.device)
     exact_bytes = as_bytes(exact)
     # exact rows first in each sequence, in position order: see the module docstring
@@ -330,6 +336,7 @@ def saliency_attention_triton(
         BLOCK_D=block_d,
         num_warps=8 if block_q * block_d >= 64 * 128 else 4,
     )
-    dot, new_square, old_square = partials.sum(dim=2).unbind(0)  # each [B, Q]
-    norms = new_square.sqrt() * old_square.sqrt()
-    return context_new, dot / norms.clamp_min(torch.finfo(torch.float32).tiny)
+    summed = partials.sum(dim=2)  # [3, B, Q]: over this launch's heads
+    if partial_sums:
+        return context_new, summed
+    return context_new, cosine_from_partial_sums(summed)

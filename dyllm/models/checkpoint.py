@@ -31,6 +31,12 @@ def save_pretrained(
 
     Returns the folder. dtype defaults to the model's parameter dtype.
     """
+    if model.shard is not None:
+        raise ValueError(
+            f"this model is tensor-parallel shard {model.shard.rank} of "
+            f"{model.shard.world_size} and holds only part of the weights; save the "
+            "single-process model (dyllm.load without tensor_parallel) instead"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config

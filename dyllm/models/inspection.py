@@ -24,6 +24,7 @@ from dyllm.models.loader import (
     read_config,
     read_index,
 )
+from dyllm.models.parallel import valid_sizes
 from dyllm.models.safetensors_header import (
     SafetensorsHeaderError,
     read_header,
@@ -71,6 +72,7 @@ def describe_checkpoint(folder: str | Path) -> dict[str, Any]:
         "path": str(folder),
         **config.shape_summary(),
         "max_position_embeddings": config.max_position_embeddings,
+        "tensor_parallel_sizes": valid_sizes(config),
         "checkpoint_dtype": "+".join(sorted(stored)) if stored else config.torch_dtype,
         "config_dtype": config.torch_dtype,
         "stored_dtypes": stored,
@@ -149,6 +151,9 @@ def format_description(info: dict[str, Any]) -> str:
             else f"{tokenizer['vocab_size']} tokens"
         ),
         f"chat template  {'yes' if info['chat_template'] else 'no'}",
+        "tensor parallel "
+        + ", ".join(map(str, info["tensor_parallel_sizes"]))
+        + " processes (--tensor-parallel)",
     ]
     lines += [f"problem        {problem}" for problem in info["problems"]]
     return "\n".join(lines)

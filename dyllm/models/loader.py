@@ -8,6 +8,12 @@ key at fault and what to do about it. Every tensor's stored dtype must be a floa
 (quantised int8 / float8 tensors are refused, never cast into garbage), and every weight is
 scanned for NaN and infinity once cast (`check_finite=False` skips that scan; its cost is in
 docs/models.md).
+
+Tensor parallelism (`shard`): each process builds the parts of the modules it holds and reads
+only its slices of the split tensors (`safe_open(...).get_slice(key)[start:end]`, by rows or by
+columns), so no process ever holds a whole split tensor; the replicated ones (the norms) are read
+whole. Shapes are checked against the whole model before any slice is read. Which tensor is
+split how: `dyllm.models.parallel.SPLITS`; the split itself is planned by `dyllm.distributed`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from dyllm.json_files import read_json, read_json_object
 from dyllm.models.config import ConfigError, ModelConfig, describe_value
 from dyllm.models.keymaps import checkpoint_keys
+from dyllm.models.parallel import TensorParallelShard
 from dyllm.models.safetensors_header import unsupported_dtype
 from dyllm.models.transformer import DiffusionTransformer
 from dyllm.tokenizer import Tokenizer
@@ -63,8 +70,13 @@ def load(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     check_finite: bool = True,
+    *,
+    shard: TensorParallelShard | None = None,
 ) -> DiffusionTransformer:
     """Load a LLaDA or Dream checkpoint folder (config.json + safetensors) for inference.
+
+    shard: this process's part of a tensor-parallel model (see `dyllm.distributed`, which
+    plans it; `dyllm.load(..., tensor_parallel=N)` is the usual way in); only its slices are read.
 
     dtype defaults to the checkpoint's `torch_dtype`. The returned model is in eval mode without
     gradients; `model.tokenizer` is the folder's tokenizer (None when it ships none) and
@@ -84,11 +96,15 @@ def load(
         config = dataclasses.replace(config, eot_token_id=tokenizer.eot_token_id)
 
     with torch.device("meta"):
-        model = DiffusionTransformer(config, tokenizer, read_generation_defaults(folder))
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        model = DiffusionTransformer(config, tokenizer, read_generation_defaults(folder), shard)
+        whole = model if shard is None else DiffusionTransformer(config)
+    shapes = {name: tuple(p.shape) for name, p in whole.named_parameters()}
     expected = checkpoint_keys(config, shapes)
     _check_key_sets(folder, expected, key_to_shard)
-    state = _read_tensors(key_to_shard, expected, device, dtype, check_finite)
+    slices = {}
+    if shard is not None:
+        slices = {name: shard.parameter_slice(name, config) for name in shapes}
+    state = _read_tensors(key_to_shard, expected, device, dtype, slices, check_finite)
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -260,10 +276,15 @@ def _read_tensors(
     expected: dict[str, tuple[str, tuple[int, ...]]],
     device: torch.device,
     dtype: torch.dtype,
+    slices: dict[str, tuple[int, int, int] | None],
     check_finite: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every tensor, checked for presence, shape, stored dtype and (check_finite) NaN or
-    infinity after the cast, then moved: {parameter name: tensor}."""
+    infinity after the cast, then moved: {parameter name: tensor}.
+
+    slices: parameter name -> (dimension, start, end) to read only that part of its tensor
+    (tensor parallelism); a name absent or None is read whole.
+    """
     by_shard: dict[Path, list[str]] = {}
     for key, shard in key_to_shard.items():
         by_shard.setdefault(shard, []).append(key)
@@ -290,7 +311,7 @@ def _read_tensors(
                         f"implies {list(shape)}; check that config.json belongs to these weights"
                     )
                 try:
-                    tensor = handle.get_tensor(key)
+                    tensor = _read_part(handle, key, slices.get(name))
                 except (SafetensorError, RuntimeError) as error:
                     raise CheckpointError(f"cannot read {key} from {shard} ({error})") from error
                 state[name] = tensor.to(device=device, dtype=dtype)
@@ -322,6 +343,15 @@ def _check_finite(key: str, shard: Path, stored: torch.Tensor, loaded: torch.Ten
         f"{key} in {shard.name} holds {count} NaN or infinite value(s), the first at index "
         f"{first}; the file is damaged: download it again"
     )
+
+
+def _read_part(handle: Any, key: str, part: tuple[int, int, int] | None) -> torch.Tensor:
+    """Tensor `key`, or only rows (dimension 0) / columns (dimension 1) start..end of it."""
+    if part is None:
+        return handle.get_tensor(key)
+    dimension, start, end = part
+    view = handle.get_slice(key)
+    return view[start:end] if dimension == 0 else view[:, start:end]
 
 
 def _open_safetensors(file: Path):

@@ -7,12 +7,19 @@ shift Dream's sampler applies is *not* done here: `forward` returns logits exact
 reference modeling files do, position i's logits from position i's hidden state.
 
 Each block exposes its stages once (`attn_norm`, `project_queries`, `project_keys`,
-`project_values`, `attend`, `o_proj`, `feed_forward`, and `feed_forward_weights` for kernels that
-take the FFN's matrices): the forward below strings them together, and the saliency engine's
-sparse step (`dyllm.engine.sparse_step`) runs the same stages on gathered rows. The forward
-takes an optional `ActivationSink` that receives each layer's K (after RoPE), V, attention
-context and FFN output: that is how a dense step fills the engine's caches, with no second copy
-of the forward.
+`project_values`, `attend`, `attention_output`, `feed_forward`, and `feed_forward_weights` for
+kernels that take the FFN's matrices): the forward below strings them together, and the saliency
+engine's sparse step (`dyllm.engine.sparse_step`) runs the same stages on gathered rows. The
+forward takes an optional `ActivationSink` that receives each layer's K (after RoPE), V,
+attention context and FFN output: that is how a dense step fills the engine's caches, with no
+second copy of the forward.
+
+Tensor parallelism (`shard`, see `dyllm.models.parallel`): a process holds some heads, some FFN
+columns and some vocabulary rows, and the same stages compute its part. The sums over processes
+sit in the stages themselves (`attention_output` after o_proj, `feed_forward` and the FFN
+weights' `reduce` after the down projection, `embed_tokens`, and `logits` gathering the
+vocabulary), so the dense forward and the sparse step both get them. Without a shard no stage
+communicates and every computation is the single-process one.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dyllm.kernels.primitives import apply_rope, attention, rope_angles
 from dyllm.kernels.reference_gathered_ffn import FeedForwardWeights
 from dyllm.models.config import ModelConfig
 from dyllm.models.layers import RMSNorm, SwiGLU
+from dyllm.models.parallel import TensorParallelShard
 from dyllm.tokenizer import Tokenizer
 
 
@@ -38,13 +46,13 @@ class LayerActivations:
     """What one layer computed for every row of a dense forward."""
 
     key: torch.Tensor
-    """[B, KV, L, D] after RoPE."""
+    """[B, KV, L, D] after RoPE (KV: this process's key/value heads)."""
     value: torch.Tensor
     """[B, KV, L, D]."""
     context: torch.Tensor
-    """[B, L, H * D]: attention output before o_proj."""
+    """[B, L, H * D]: attention output before o_proj (H: this process's query heads)."""
     ffn_out: torch.Tensor
-    """[B, L, d]: FFN output before the residual add."""
+    """[B, L, d]: FFN output before the residual add (summed over processes)."""
 
 
 class ActivationSink(Protocol):
@@ -54,20 +62,30 @@ class ActivationSink(Protocol):
 
 
 class DecoderLayer(nn.Module):
-    """Attention + SwiGLU block with pre-RMSNorm and residuals."""
+    """Attention + SwiGLU block with pre-RMSNorm and residuals.
 
-    def __init__(self, config: ModelConfig) -> None:
+    With a `shard`, the block holds the shard's query and key/value heads and FFN columns; its
+    two sums over processes are `attention_output` and the FFN's down projection.
+    """
+
+    def __init__(self, config: ModelConfig, shard: TensorParallelShard | None = None) -> None:
         super().__init__()
         self.config = config
-        d, heads, kv_heads = config.hidden_size, config.num_heads, config.num_kv_heads
-        head_dim = config.head_dim
+        self.shard = shard
+        self.num_heads = config.num_heads if shard is None else shard.num_heads
+        """Query heads this process computes (all of them in one process)."""
+        self.num_kv_heads = config.num_kv_heads if shard is None else shard.num_kv_heads
+        """Key/value heads this process holds."""
+        intermediate = config.intermediate_size if shard is None else shard.intermediate_size
+        d, head_dim = config.hidden_size, config.head_dim
+        heads, kv_heads = self.num_heads, self.num_kv_heads
         self.attn_norm = RMSNorm(d, config.rms_norm_eps)
         self.q_proj = nn.Linear(d, heads * head_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(d, kv_heads * head_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(d, kv_heads * head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(heads * head_dim, d, bias=False)
         self.ffn_norm = RMSNorm(d, config.rms_norm_eps)
-        self.ffn = SwiGLU(d, config.intermediate_size)
+        self.ffn = SwiGLU(d, intermediate)
 
     def project_queries(
         self, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -100,19 +118,31 @@ class DecoderLayer(nn.Module):
         """Attention context before o_proj, heads concatenated: [B, Lq, H * D]."""
         return rearrange(attention(q, k, v, key_mask), "b h l d -> b l (h d)")
 
+    def attention_output(self, context: torch.Tensor) -> torch.Tensor:
+        """o_proj of contexts [..., H * D] -> [..., d], summed over processes (the block's first
+        all-reduce)."""
+        return self._sum_over_processes(self.o_proj(context))
+
     def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
-        """FFN output (before the residual add) for rows h [..., d]."""
-        return self.ffn(self.ffn_norm(h))
+        """FFN output (before the residual add) for rows h [..., d], summed over processes (the
+        block's second all-reduce)."""
+        return self._sum_over_processes(self.ffn(self.ffn_norm(h)))
 
     def feed_forward_weights(self) -> FeedForwardWeights:
-        """The FFN norm and SwiGLU matrices, as kernels that gather rows take them."""
+        """The FFN norm and SwiGLU matrices, as kernels that gather rows take them (with the
+        same sum over processes as `feed_forward`, applied to the down projection's rows)."""
         return FeedForwardWeights(
             norm_weight=self.ffn_norm.weight,
             norm_eps=self.ffn_norm.eps,
             gate=self.ffn.gate_proj.weight,
             up=self.ffn.up_proj.weight,
             down=self.ffn.down_proj.weight,
+            reduce=None if self.shard is None else self._sum_over_processes,
         )
+
+    def _sum_over_processes(self, partial: torch.Tensor) -> torch.Tensor:
+        """A row-parallel projection's output: this process's partial sum -> the whole sum."""
+        return partial if self.shard is None else self.shard.all_reduce(partial)
 
     def forward(
         self,
@@ -125,7 +155,7 @@ class DecoderLayer(nn.Module):
         """The block over every row: x [B, L, d] -> [B, L, d]; `record` gets what it computed."""
         q, k, v = self.project_qkv(self.attn_norm(x), cos, sin)
         context = self.attend(q, k, v, key_mask)
-        h = x + self.o_proj(context)
+        h = x + self.attention_output(context)
         ffn_out = self.feed_forward(h)
         if record is not None:
             record(LayerActivations(k, v, context, ffn_out))
@@ -136,7 +166,10 @@ class DiffusionTransformer(nn.Module):
     """A LLaDA- or Dream-layout masked diffusion LM: ids [B, L] -> logits [B, L, V].
 
     tokenizer: the checkpoint's tokenizer, or None (generate from token ids then);
-    generation_defaults: its generation_config.json entries (empty when it ships none).
+    generation_defaults: its generation_config.json entries (empty when it ships none);
+    shard: this process's part under tensor parallelism (None: the whole model). A sharded
+    model's `forward` and `logits` still return every vocabulary entry's logits, the same on
+    every process.
     """
 
     def __init__(
@@ -144,15 +177,20 @@ class DiffusionTransformer(nn.Module):
         config: ModelConfig,
         tokenizer: Tokenizer | None = None,
         generation_defaults: Mapping[str, Any] | None = None,
+        shard: TensorParallelShard | None = None,
     ) -> None:
         super().__init__()
+        if shard is not None:
+            shard.check(config)
         self.config = config
         self.tokenizer = tokenizer
         self.generation_defaults: Mapping[str, Any] = dict(generation_defaults or {})
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.shard = shard
+        vocab = config.vocab_size if shard is None else shard.vocab_size
+        self.embed = nn.Embedding(vocab, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, shard) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, vocab, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
 
@@ -163,6 +201,16 @@ class DiffusionTransformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    @property
+    def num_heads(self) -> int:
+        """Query heads this process computes (the config's in one process)."""
+        return self.config.num_heads if self.shard is None else self.shard.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads this process holds (the config's in one process)."""
+        return self.config.num_kv_heads if self.shard is None else self.shard.num_kv_heads
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02, seed: int | None = None) -> None:
@@ -230,9 +278,25 @@ class DiffusionTransformer(nn.Module):
         """cos, sin [B, L, head_dim] (float32) for position ids [B, L]."""
         return rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
 
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings [..., d] of token ids [...].
+
+        Split by vocabulary: each process looks up the ids in its rows, zeros elsewhere, and the
+        sum over processes (one nonzero term per id) is exact.
+        """
+        if self.shard is None:
+            return self.embed(input_ids)
+        start, end = self.shard.vocab
+        local = input_ids - start
+        outside = (local < 0) | (local >= end - start)
+        rows = self.embed(local.masked_fill(outside, 0)).masked_fill(outside[..., None], 0.0)
+        return self.shard.all_reduce(rows)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The head over final hidden states [..., d] -> logits [..., V]."""
-        return self.lm_head(self.final_norm(hidden))
+        """The head over final hidden states [..., d] -> logits [..., V] (every vocabulary
+        entry's: a sharded head's parts are gathered)."""
+        logits = self.lm_head(self.final_norm(hidden))
+        return logits if self.shard is None else self.shard.gather_vocab(logits)
 
     def forward(
         self,
@@ -259,7 +323,7 @@ class DiffusionTransformer(nn.Module):
             position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
         key_mask = None if attention_mask is None else attention_mask.bool()
         cos, sin = self.rope(position_ids)
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
         for index, layer in enumerate(self.layers):
             record = None if sink is None else partial(sink.record, index)
             x = layer(x, cos, sin, key_mask, record)
