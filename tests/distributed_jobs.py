@@ -224,9 +224,12 @@ def command_line(rank: int, world: int, payload: dict[str, Any]) -> dict[str, An
 
 
 def host_syncs(rank: int, world: int, payload: dict[str, Any]) -> dict[str, list[dict]]:
-    """Per policy: the read-backs inside each sparse step's layer loop (must be none)."""
+    """Per policy: the read-backs inside each sparse step's layer loop (must be none with
+    capacities planned before the step, what CUDA gets; the CPU default reads counts back)."""
     from dyllm.engine.sparse_step import SparseStep
     from tests.sync_counter import SyncCounter
+
+    os.environ["DYLLM_ROW_CAPACITY"] = "planned"
 
     model = dyllm.load(payload["folder"], tensor_parallel=world)
     counts: dict[str, list[dict]] = {}

@@ -290,6 +290,7 @@ def test_json_records_the_model_options_and_policy(capsys, llada_dir: Path) -> N
         "family": "llada",
         "device": "cpu",
         "dtype": "float32",
+        "tensor_parallel": 1,
     }
     assert record["policy"]["name"] == "topk" and record["policy"]["k"] == 0.5
     options = record["options"]

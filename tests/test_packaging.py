@@ -21,4 +21,4 @@ def test_pyproject_reads_without_a_setuptools_warning() -> None:
         warnings.simplefilter("error")
         apply_configuration(distribution, ROOT / "pyproject.toml")
     assert distribution.metadata.license_expression == "Apache-2.0"
-    assert distribution.entry_points["console_scripts"] == ["dyllm = dyllm.cli:main"]
+    assert distribution.entry_points["console_scripts"] == ["dyllm = dyllm_launcher:main"]
