@@ -216,3 +216,118 @@ def test_block_causal_mask() -> None:
     for q in range(7):
         for k in range(7):
             assert bool(mask[q, k]) == (k // 3 <= q // 3)
+
+
+def tiny_moe_config(family: str, **changes):
+    from dyllm.models.moe_config import read_moe_config
+
+    if family == "llada_moe":
+        raw = {
+            "model_type": "llada",
+            "architectures": ["LLaDAMoEModelLM"],
+            "vocab_size": 64,
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "expert_intermediate_size": 12,
+            "shared_expert_intermediate_size": None,
+            "num_experts": 8,
+            "num_experts_per_tok": 3,
+            "moe_layer_freq": [1, 1],
+            "max_position_embeddings": 64,
+            "mask_token_id": 63,
+            "eos_token_id": 62,
+        }
+    else:
+        raw = {
+            "model_type": "llada2_moe",
+            "vocab_size": 64,
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "num_experts": 8,
+            "num_experts_per_tok": 3,
+            "n_group": 4,
+            "topk_group": 2,
+            "num_shared_experts": 1,
+            "moe_intermediate_size": 12,
+            "routed_scaling_factor": 2.5,
+            "first_k_dense_replace": 1,
+            "max_position_embeddings": 64,
+            "mask_token_id": 63,
+            "eos_token_id": 62,
+        }
+    return read_moe_config({**raw, **changes})
+
+
+@pytest.mark.parametrize(
+    ("family", "changes"),
+    [
+        ("llada_moe", {}),
+        (
+            "llada_moe",
+            {"moe_router_enable_expert_bias": True, "shared_expert_intermediate_size": 10},
+        ),
+        ("llada2", {}),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_module_equals_its_definition(family, changes, dtype) -> None:
+    from dyllm.models.moe import MoEFeedForward
+
+    torch.manual_seed(5)
+    config = tiny_moe_config(family, **changes)
+    module = MoEFeedForward(config)
+    if module.expert_bias is not None:
+        module.expert_bias.copy_(torch.randn(8) * 0.05)
+    module = module.to(dtype)
+    if module.expert_bias is not None:
+        module.expert_bias = module.expert_bias.float()
+    x = torch.randn(2, 5, 16).to(dtype)
+    out = module(x)
+    assert out.shape == x.shape and out.dtype == dtype
+
+    rows = x.reshape(-1, 16)
+    experts = [(e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight) for e in module.experts]
+    if family == "llada_moe":
+        p = torch.softmax((rows @ module.gate.weight.T).float(), -1)
+        if module.expert_bias is not None:
+            p = p + module.expert_bias
+        w, idx = p.topk(3, -1)
+        expected = naive_experts(rows, idx, w.to(dtype), experts)
+    else:
+        s = torch.sigmoid(rows.float() @ module.gate.weight.float().T)
+        w, idx = sigmoid_router_by_row(
+            rows.float() @ module.gate.weight.float().T, 3, module.expert_bias, 4, 2, 2.5
+        )
+        idx, w = idx, s.gather(1, idx)
+        w = w / (w.sum(-1, keepdim=True) + 1e-20) * 2.5
+        expected = naive_experts(rows, idx, w, experts, torch.float32)
+    if module.shared_expert is not None:
+        shared = module.shared_expert
+        expected = expected + torch.nn.functional.linear(
+            torch.nn.functional.silu(rows @ shared.gate_proj.weight.T)
+            * (rows @ shared.up_proj.weight.T),
+            shared.down_proj.weight,
+        )
+    tolerance = {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(out.reshape(-1, 16), expected, **tolerance)
+
+
+def test_moe_module_names_match_the_key_map() -> None:
+    from dyllm.models.keymaps import moe_checkpoint_shapes
+    from dyllm.models.moe import MoEFeedForward
+
+    for family in ("llada_moe", "llada2"):
+        config = tiny_moe_config(family, moe_router_enable_expert_bias=True)
+        module = MoEFeedForward(config)
+        keys = moe_checkpoint_shapes(config)
+        prefix = "model.layers.1.mlp."
+        for name, tensor in module.state_dict().items():
+            if name.startswith("shared_expert."):
+                continue
+            key = prefix + ("gate.expert_bias" if family == "llada2" else "expert_bias")
+            key = key if name == "expert_bias" else prefix + name
+            assert keys[key] == tuple(tensor.shape), (family, name)
