@@ -151,3 +151,97 @@ def test_bad_arguments_are_refused(prompt, options, message) -> None:
     model = ScriptedBlockModel({}, block_length=4)
     with pytest.raises(ValueError, match=message):
         llada2_generate(model, prompt, mask_id=MASK, eos_id=EOS, **options)
+
+
+class CanvasModel:
+    """Proposals computed from the window's tokens: `script(window: list[int])` returns
+    {position: (token, logit)}; positions not named propose token 0 with logit 0."""
+
+    def __init__(self, script, block_length: int) -> None:
+        self.script = script
+        self.block_length = block_length
+        self.calls: list[list[int]] = []
+
+    def __call__(self, input_ids, attention, position_ids):
+        width = input_ids.shape[1]
+        assert torch.equal(attention, block_causal_mask(width, self.block_length, "cpu"))
+        window = input_ids[0].tolist()
+        self.calls.append(window)
+        logits = torch.zeros(1, width, VOCAB)
+        for position, (token, strength) in self.script(window).items():
+            if position < width:
+                logits[0, position, token] = strength
+        return logits
+
+
+def run21(model, prompt, **options):
+    from dyllm.generation.llada2 import llada21_generate
+
+    defaults = {"mask_id": MASK, "eos_id": EOS, "block_length": 4, "threshold": 0.7}
+    return llada21_generate(model, prompt, **(defaults | options))
+
+
+def test_editing_rewrites_a_confident_changed_token_then_stops() -> None:
+    def script(window):
+        proposals = {4: (5, 8.0), 5: (6, 8.0), 6: (7, 8.0), 7: (8, 8.0)}
+        if MASK not in window[4:8]:
+            proposals[5] = (9, 8.0)  # once the block is full, the model changes its mind
+        return proposals
+
+    model = CanvasModel(script, block_length=4)
+    result = run21(model, [1, 2, 3, 4], gen_length=4, editing_threshold=0.9)
+    assert result.tokens == [5, 9, 7, 8]
+    # commit all four, edit position 5, then a step with neither mask nor edit ends the block
+    assert [call[4:] for call in model.calls] == [[MASK] * 4, [5, 6, 7, 8], [5, 9, 7, 8]]
+
+
+def test_edits_stop_after_max_post_steps() -> None:
+    def script(window):
+        flip = 9 if window[5] == 6 else 6
+        return {4: (5, 8.0), 5: (flip if MASK not in window[4:8] else 6, 8.0), 6: (7, 8.0)} | {
+            7: (8, 8.0)
+        }
+
+    model = CanvasModel(script, block_length=4)
+    result = run21(model, [1, 2, 3, 4], gen_length=4, editing_threshold=0.9, max_post_steps=2)
+    # step 1 commits; steps 2 and 3 (post 1, 2) edit; post 3 > 2 ends the block uncalled
+    assert len(model.calls) == 3
+    assert result.tokens == [5, 6, 7, 8]
+
+
+def test_prompt_tokens_are_never_edited_and_low_confidence_takes_num_to_transfer() -> None:
+    def script(window):
+        return {i: (9, 8.0) for i in range(6)} | {6: (5, 1.0), 7: (6, 2.0)}
+
+    model = CanvasModel(script, block_length=4)
+    result = run21(model, [1, 2, 3, 4, 5, 6], gen_length=2, num_to_transfer=2)
+    assert all(call[:6] == [1, 2, 3, 4, 5, 6] for call in model.calls)
+    # neither mask is above 0.7: both are committed at once (num_to_transfer = 2)
+    assert model.calls[1][6:] == [5, 6]
+    assert result.tokens == [5, 6]
+
+
+def test_no_eos_stop_between_blocks_but_the_answer_is_cut() -> None:
+    def script(window):
+        return {4: (5, 8.0), 5: (EOS, 8.0), 6: (7, 8.0), 7: (8, 8.0)} | {
+            i: (10, 8.0) for i in range(8, 12)
+        }
+
+    model = CanvasModel(script, block_length=4)
+    result = run21(model, [1, 2, 3, 4], gen_length=8)
+    assert max(len(call) for call in model.calls) == 12  # block 2 ran despite the EOS
+    assert result.tokens == [5, EOS]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": 1.0}, "greedy only"),
+        ({"editing_threshold": 2}, "editing_threshold must be a number"),
+        ({"max_post_steps": -1}, "max_post_steps must be an integer >= 0"),
+        ({"num_to_transfer": 0}, "num_to_transfer must be an integer >= 1"),
+    ],
+)
+def test_llada21_bad_arguments_are_refused(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        run21(CanvasModel(lambda window: {}, block_length=4), [1, 2], **options)

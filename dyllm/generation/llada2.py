@@ -1,6 +1,7 @@
-"""LLaDA2.0's block-diffusion sampler (`LLaDA2MoeModelLM.generate`), greedy, batch of one.
+"""LLaDA2.0 and LLaDA2.1 block-diffusion samplers (greedy, batch of one).
 
-Written from the reference's behaviour (REFERENCE-families.md, "LLaDA2.0 sampler"):
+`llada2_generate` is LLaDA2.0's (`LLaDA2MoeModelLM.generate`), written from the reference's
+behaviour (REFERENCE-families.md, "LLaDA2.0 sampler"):
 
 1. `steps = min(steps, gen_length // minimal_topk)`. With P prompt tokens the canvas holds
    `ceil((P + gen_length) / block_length)` blocks: the prompt, then mask_id everywhere else;
@@ -28,6 +29,18 @@ whether the Hugging Face file does exactly this is not verified. Sampling (tempe
 top-k, top-p) is refused: the reference's sampled branch (and how its confidence is taken) was not
 exercised against the official code, so it is not guessed here. Batches of more than one prompt
 are refused too (the reference takes one); padding-invariant batches are left to the engine.
+
+`llada21_generate` is LLaDA2.1's token-editing sampler (REFERENCE-families.md, "LLaDA2.1
+sampler", verified there against ZHZisZZ/dllm's copy, whose fidelity to the Hugging Face file is
+not verified). Canvas, mask, windows and prompt handling are 2.0's; `steps` has no effect. Per
+block, with `post = 0`, each step: old = the block's tokens, masks = old == mask_id; if there is
+no mask, post += 1, and the block ends once post > max_post_steps; x0 = argmax, p = its softmax
+probability; commit = (p > threshold) & masks if that holds for at least num_to_transfer masks,
+else the num_to_transfer most confident masks; edit = positions that are neither masks nor prompt
+with p > editing_threshold and x0 != old; x0 is written at commit | edit; the block ends when it
+had no mask before the step and nothing was edited. No EOS stop between blocks; the answer is cut
+after its first EOS as in 2.0. Its `eos_early_stop` is refused: when it is checked was not
+established.
 """
 
 from __future__ import annotations
@@ -91,14 +104,8 @@ def llada2_generate(
             f"gen_length={gen_length} // minimal_topk={minimal_topk} leaves no step; "
             "lower minimal_topk or raise gen_length"
         )
-    device = prompt_ids.device
     length = prompt_ids.numel()
-    num_blocks = math.ceil((length + gen_length) / block_length)
-    total = num_blocks * block_length
-    x = torch.full((1, total), mask_id, dtype=torch.long, device=device)
-    x[0, :length] = prompt_ids
-    attention = block_causal_mask(total, block_length, device)
-    positions = torch.arange(total, device=device)[None]
+    x, attention, positions, num_blocks = _canvas(prompt_ids, gen_length, block_length, mask_id)
     schedule = llada2_transfer_schedule(block_length, steps)
     result = BlockDiffusionResult(tokens=[])
 
@@ -133,6 +140,92 @@ def llada2_generate(
             break
     result.tokens = _cut_after_eos(x[0, length : length + gen_length].tolist(), eos_id)
     return result
+
+
+def llada21_generate(
+    model: BlockDiffusionModel,
+    prompt: Sequence[int] | torch.Tensor,
+    *,
+    mask_id: int,
+    eos_id: int,
+    threshold: float,
+    gen_length: int = 2048,
+    block_length: int = 32,
+    editing_threshold: float = 0.9,
+    max_post_steps: int = 16,
+    num_to_transfer: int = 1,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> BlockDiffusionResult:
+    """Run LLaDA2.1's greedy token-editing sampler on one prompt (token ids, [P]).
+
+    `threshold` has no default here: the reference facts give none for 2.1 (the published
+    example uses 0.7 with editing_threshold 0.5 and max_post_steps 16).
+    """
+    prompt_ids = _check_arguments(
+        prompt, gen_length, block_length, 1, threshold, 1, temperature, top_k, top_p
+    )
+    if not isinstance(editing_threshold, (int, float)) or not 0 <= editing_threshold <= 1:
+        raise ValueError(f"editing_threshold must be a number in [0, 1], got {editing_threshold!r}")
+    for name, value, minimum in (
+        ("max_post_steps", max_post_steps, 0),
+        ("num_to_transfer", num_to_transfer, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    length = prompt_ids.numel()
+    x, attention, positions, num_blocks = _canvas(prompt_ids, gen_length, block_length, mask_id)
+    result = BlockDiffusionResult(tokens=[])
+    for block in range(length // block_length, num_blocks):
+        start, end = block * block_length, (block + 1) * block_length
+        is_prompt = torch.arange(start, end, device=x.device) < length  # [block_length]
+        result.blocks_denoised += 1
+        post = 0
+        while True:
+            old = x[0, start:end].clone()
+            masked = old == mask_id
+            any_mask = bool(masked.any())
+            if not any_mask:
+                post += 1
+            if post > max_post_steps:
+                break
+            logits = model(x[:, :end], attention[:end, :end], positions[:, :end])
+            result.forward_calls += 1
+            result.window_lengths.append(end)
+            block_logits = logits[0, start:end].float()
+            x0 = block_logits.argmax(-1)
+            p = torch.softmax(block_logits, -1).gather(-1, x0[:, None])[:, 0]
+            commit = torch.zeros_like(masked)
+            if any_mask:
+                above = (p > threshold) & masked
+                if int(above.sum()) >= num_to_transfer:
+                    commit = above
+                else:
+                    confidence = p.masked_fill(~masked, NEG_INF)
+                    chosen = confidence.topk(min(num_to_transfer, int(masked.sum()))).indices
+                    commit[chosen] = True
+            edit = ~masked & ~is_prompt & (p > editing_threshold) & (x0 != old)
+            x[0, start:end] = torch.where(commit | edit, x0, old)
+            if not any_mask and not bool(edit.any()):
+                break
+    result.tokens = _cut_after_eos(x[0, length : length + gen_length].tolist(), eos_id)
+    return result
+
+
+def _canvas(
+    prompt_ids: torch.Tensor, gen_length: int, block_length: int, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(x [1, total], block-causal attention [total, total], positions [1, total], blocks)."""
+    device = prompt_ids.device
+    length = prompt_ids.numel()
+    num_blocks = math.ceil((length + gen_length) / block_length)
+    total = num_blocks * block_length
+    x = torch.full((1, total), mask_id, dtype=torch.long, device=device)
+    x[0, :length] = prompt_ids
+    attention = block_causal_mask(total, block_length, device)
+    positions = torch.arange(total, device=device)[None]
+    return x, attention, positions, num_blocks
 
 
 def _cut_after_eos(tokens: list[int], eos_id: int) -> list[int]:
