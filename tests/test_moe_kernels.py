@@ -331,3 +331,75 @@ def test_moe_module_names_match_the_key_map() -> None:
             key = prefix + ("gate.expert_bias" if family == "llada2" else "expert_bias")
             key = key if name == "expert_bias" else prefix + name
             assert keys[key] == tuple(tensor.shape), (family, name)
+
+
+def attention_by_definition(module, x, attention=None):
+    """Per head, from the definition: project, QK-norm, RoPE by angle, softmax(q k^T / sqrt D)."""
+    c = module.config
+    hd, heads, kv_heads = c.head_dim, c.num_heads, c.num_kv_heads
+    x64 = x.double()
+    if c.fused_qkv:
+        fused = x64 @ module.query_key_value.weight.double().T
+        q_all, k_all, v_all = fused.split([heads * hd, kv_heads * hd, kv_heads * hd], -1)
+        q_norm, k_norm, out_proj = module.query_layernorm, module.key_layernorm, module.dense
+    else:
+        q_all = x64 @ module.q_proj.weight.double().T
+        k_all = x64 @ module.k_proj.weight.double().T
+        v_all = x64 @ module.v_proj.weight.double().T
+        q_norm, k_norm, out_proj = module.q_norm, module.k_norm, module.o_proj
+    length = x.shape[1]
+    positions = torch.arange(length)
+    outputs = []
+    for h in range(heads):
+        g = h // (heads // kv_heads)
+        q = q_all[0, :, h * hd : (h + 1) * hd]
+        k = k_all[0, :, g * hd : (g + 1) * hd]
+        v = v_all[0, :, g * hd : (g + 1) * hd]
+        q = (
+            q_norm.weight.double()
+            * q
+            / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps)
+        )
+        k = (
+            k_norm.weight.double()
+            * k
+            / torch.sqrt(k.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps)
+        )
+        q = rope_by_definition(q, positions, c.rotary_dim, c.rope_theta)
+        k = rope_by_definition(k, positions, c.rotary_dim, c.rope_theta)
+        scores = q @ k.T / math.sqrt(hd)
+        if attention is not None:
+            scores = scores.masked_fill(~attention, float("-inf"))
+        outputs.append(torch.softmax(scores, -1) @ v)
+    return torch.cat(outputs, -1) @ out_proj.weight.double().T
+
+
+@pytest.mark.parametrize("family", ["llada_moe", "llada2"])
+@pytest.mark.parametrize("block_causal", [False, True])
+def test_moe_attention_equals_its_definition(family, block_causal) -> None:
+    from dyllm.models.moe_attention import MoEAttention
+
+    torch.manual_seed(6)
+    changes = {"qk_layernorm": True} if family == "llada_moe" else {"partial_rotary_factor": 0.5}
+    config = tiny_moe_config(family, rope_theta=1000.0, **changes)
+    assert config.qk_norm and config.rotary_dim == (8 if family == "llada_moe" else 4)
+    module = MoEAttention(config)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_()
+    x = torch.randn(1, 7, 16)
+    attention = block_causal_mask(7, 3, torch.device("cpu")) if block_causal else None
+    out = module(x, attention=attention)
+    expected = attention_by_definition(module, x, attention)
+    torch.testing.assert_close(out[0].double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_moe_attention_names_match_the_key_map() -> None:
+    from dyllm.models.keymaps import moe_checkpoint_shapes
+    from dyllm.models.moe_attention import MoEAttention
+
+    for family, prefix in (("llada_moe", "self_attn."), ("llada2", "attention.")):
+        config = tiny_moe_config(family, qk_layernorm=True)
+        keys = moe_checkpoint_shapes(config)
+        for name, tensor in MoEAttention(config).state_dict().items():
+            assert keys["model.layers.0." + prefix + name] == tuple(tensor.shape), name
