@@ -1,7 +1,10 @@
-"""DiffuCoder's `<|dlm_pad|>` ends the answer as EOS does (its official demo cuts the text
-there); a tokenizer without the token changes nothing."""
+"""Dream derivatives: DiffuCoder's `<|dlm_pad|>` ends the answer as EOS does (its official demo
+cuts the text there; a tokenizer without the token changes nothing); Dream-Coder's
+`eos_penalty` is refused with the reason."""
 
 from __future__ import annotations
+
+import pytest
 
 from dyllm import generate
 from dyllm.generation.result import answer_end_token_ids, tokens_before_eos
@@ -41,3 +44,9 @@ def test_a_diffucoder_answer_ends_at_its_pad_token() -> None:
     model.tokenizer = CharTokenizer()
     plain = generate(model, [A, B], gen_length=5, steps=5, alg="maskgit_plus", temperature=0.0)
     assert plain.stats.generated_tokens_per_row == [5]
+
+
+def test_dream_coders_eos_penalty_is_refused_with_the_reason() -> None:
+    model = ScriptedLM({None: peaked_logits([A] * 8, [5.0] * 8)}, family="dream")
+    with pytest.raises(ValueError, match="'eos_penalty' is not supported: Dream-Coder"):
+        generate(model, [A, B], gen_length=4, steps=4, eos_penalty=3.0)
