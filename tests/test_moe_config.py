@@ -224,3 +224,17 @@ def test_diffucoder_reads_as_dream() -> None:
     )
     assert config.family == "dream"
     assert config.to_dict() == dream.to_dict()
+
+
+def test_the_info_command_describes_and_flags_an_moe_checkpoint(capsys, tmp_path: Path) -> None:
+    from dyllm.cli import main
+
+    folder = write_config(tmp_path / "model", llada_moe_config())
+    code = main(["info", str(folder), "--json"])
+    captured = capsys.readouterr()
+    info = json.loads(captured.out)
+    assert info["family"] == "llada_moe"
+    assert info["experts"]["experts"] == 64 and info["experts"]["router"] == "softmax"
+    assert info["ignored_keys"] == ["norm_topk_prob", "routed_scaling_factor"]
+    # described in full, and the exit status says it cannot be loaded
+    assert code != 0 and "cannot run LLaDA-MoE" in captured.err
