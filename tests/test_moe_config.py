@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import dyllm
 from dyllm.models.config import ConfigError, ModelConfig
@@ -238,3 +239,56 @@ def test_the_info_command_describes_and_flags_an_moe_checkpoint(capsys, tmp_path
     assert info["ignored_keys"] == ["norm_topk_prob", "routed_scaling_factor"]
     # described in full, and the exit status says it cannot be loaded
     assert code != 0 and "cannot run LLaDA-MoE" in captured.err
+
+
+@pytest.mark.parametrize("family", ["llada_moe", "llada2"])
+def test_info_reads_a_tiny_checkpoint_in_the_real_layout(tmp_path: Path, family: str) -> None:
+    from tests.moe_checkpoints import write_tiny_moe_checkpoint
+
+    tensors = write_tiny_moe_checkpoint(family, tmp_path / family)
+    info = describe_checkpoint(tmp_path / family)
+    count = sum(t.numel() for t in tensors.values())
+    assert info["family"] == family
+    assert info["parameters"] == count
+    assert info["stored_dtypes"] == {"bfloat16": len(tensors)}
+    assert info["experts"]["dense_layers"] == 1 and info["experts"]["moe_layers"] == 1
+    assert len(info["problems"]) == 1 and "cannot run" in info["problems"][0]
+    with pytest.raises(CheckpointError, match="recognises but cannot run yet"):
+        dyllm.load(tmp_path / family)
+
+
+def test_tiny_checkpoints_fill_the_modules(tmp_path: Path) -> None:
+    """The MoE and attention modules take the checkpoint's tensors under their own names (the
+    per-layer suffixes), with nothing missing or left over: the groundwork for loading."""
+    from dyllm.models.moe import MoEFeedForward
+    from dyllm.models.moe_attention import MoEAttention
+    from tests.moe_checkpoints import TINY_CONFIGS, write_tiny_moe_checkpoint
+
+    for family, attention_prefix in (("llada_moe", "self_attn."), ("llada2", "attention.")):
+        tensors = write_tiny_moe_checkpoint(family, tmp_path / family)
+        config = read_moe_config(TINY_CONFIGS[family])
+        layer = "model.layers.1."
+        attention = {
+            key[len(layer + attention_prefix) :]: value
+            for key, value in tensors.items()
+            if key.startswith(layer + attention_prefix)
+        }
+        MoEAttention(config).load_state_dict(attention, strict=True)
+        mlp = {
+            key[len(layer + "mlp.") :]: value
+            for key, value in tensors.items()
+            if key.startswith(layer + "mlp.")
+        }
+        if family == "llada2":
+            mlp["expert_bias"] = mlp.pop("gate.expert_bias")
+            shared = {k: v for k, v in mlp.items() if k.startswith("shared_experts.")}
+            for key in shared:
+                mlp["shared_expert." + key.split(".", 1)[1]] = mlp.pop(key)
+        else:
+            for key, value in tensors.items():
+                if key.startswith(layer + "shared_expert."):
+                    mlp[key[len(layer) :]] = value
+        module = MoEFeedForward(config).to(torch.bfloat16)
+        module.load_state_dict(mlp, strict=True)
+        out = module(torch.randn(1, 3, 16).to(torch.bfloat16))
+        assert out.shape == (1, 3, 16) and torch.isfinite(out.float()).all()
