@@ -26,7 +26,7 @@ def test_every_vendored_file_is_recorded() -> None:
     files = {path.relative_to(HF).as_posix() for path in HF.rglob("*") if path.is_file()}
     on_disk = files - {"README.md"}
     assert {row["path"] for row in RECORDED} == on_disk
-    assert len(on_disk) == 13
+    assert len(on_disk) == 15
 
 
 @pytest.mark.parametrize("row", RECORDED, ids=lambda row: row["path"])

@@ -182,12 +182,26 @@ def apply_aliases(options: Mapping[str, Any]) -> dict[str, Any]:
     return renamed
 
 
+UNSUPPORTED_OPTIONS = {
+    "eos_penalty": (
+        "Dream-Coder's generation code takes eos_penalty (its README uses 3.0), but how it acts "
+        "was not established from its files, so dyllm does not implement it; run without it "
+        "(Dream's sampler then runs as Dream-v0's)"
+    ),
+}
+"""Options of official samplers that dyllm knowingly does not implement, with the reason."""
+
+
 def check_option_names(options: Mapping[str, Any]) -> None:
     """Raise a ValueError for any name that is not a GenerationConfig field."""
     valid = option_names() + tuple(OPTION_ALIASES)
     for name in options:
         if name in valid:
             continue
+        if name in UNSUPPORTED_OPTIONS:
+            raise ValueError(
+                f"generation option {name!r} is not supported: {UNSUPPORTED_OPTIONS[name]}"
+            )
         close = difflib.get_close_matches(name, valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(

@@ -9,6 +9,7 @@ put them in `GenerationStats.extra`, a JSON-ready dict, rather than subclassing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,8 +68,31 @@ class GenerationResult:
         }
 
 
-def tokens_before_eos(token_ids: list[int], eos_token_id: int | None) -> list[int]:
-    """The tokens of one row up to and excluding its first EOS (all of them without one)."""
-    if eos_token_id is None or eos_token_id not in token_ids:
-        return list(token_ids)
-    return token_ids[: token_ids.index(eos_token_id)]
+ANSWER_END_TOKENS = ("<|dlm_pad|>",)
+"""Tokens that end an answer as EOS does, when the model's tokenizer has them.
+
+DiffuCoder-7B-Instruct was trained to fill a fixed length with a new pad token, `<|dlm_pad|>`
+(its id is whatever its tokenizer's added_tokens give; it was not seen), and its official demo
+(apple/ml-diffucoder inference_demo.py) cuts the decoded answer at the first `<|dlm_pad|>`.
+Tokenizers without the token (LLaDA, Dream-v0) are unaffected."""
+
+
+def tokens_before_eos(
+    token_ids: list[int], eos_token_id: int | None, end_token_ids: Collection[int] = ()
+) -> list[int]:
+    """The tokens of one row up to and excluding its first EOS or end token (all of them
+    without one)."""
+    ends = set(end_token_ids) | ({eos_token_id} if eos_token_id is not None else set())
+    for index, token in enumerate(token_ids):
+        if token in ends:
+            return token_ids[:index]
+    return list(token_ids)
+
+
+def answer_end_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The ids of `ANSWER_END_TOKENS` that `tokenizer` knows (via its `token_to_id`, if any)."""
+    lookup = getattr(tokenizer, "token_to_id", None)
+    if lookup is None:
+        return ()
+    ids = (lookup(token) for token in ANSWER_END_TOKENS)
+    return tuple(token_id for token_id in ids if token_id is not None)

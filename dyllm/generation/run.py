@@ -31,7 +31,12 @@ from dyllm.generation.llada import run_llada
 from dyllm.generation.loop import DenoisingLoop, StepObserver, synchronize
 from dyllm.generation.model import GenerativeModel
 from dyllm.generation.prompts import PromptInput, check_prompt_ids, encode_prompts
-from dyllm.generation.result import GenerationResult, GenerationStats, tokens_before_eos
+from dyllm.generation.result import (
+    GenerationResult,
+    GenerationStats,
+    answer_end_token_ids,
+    tokens_before_eos,
+)
 from dyllm.generation.validation import validate_config
 
 
@@ -165,7 +170,8 @@ def _result(
     resolved: GenerationConfig,
 ) -> GenerationResult:
     eos = model.config.eos_token_id
-    answers = [tokens_before_eos(row, eos) for row in generated]
+    ends = answer_end_token_ids(model.tokenizer)
+    answers = [tokens_before_eos(row, eos, ends) for row in generated]
     counts = [len(answer) for answer in answers]
     stats = GenerationStats(
         generated_tokens=sum(counts),

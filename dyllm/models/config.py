@@ -129,7 +129,22 @@ class ModelConfig:
 
     @classmethod
     def from_hf_config(cls, raw: dict[str, Any]) -> ModelConfig:
-        """Read a Hugging Face `config.json` dictionary of either family."""
+        """Read a Hugging Face `config.json` dictionary of either family.
+
+        LLaDA-MoE and LLaDA2 checkpoints (`dyllm.models.moe_config`) are recognised and refused
+        with what is missing: their mixture-of-experts forward is not part of the transformer yet.
+        """
+        from dyllm.models.moe_config import MOE_FAMILY_NAMES, moe_family
+
+        moe = moe_family(raw)
+        if moe is not None:
+            raise ConfigError(
+                f"this is a {MOE_FAMILY_NAMES[moe]} checkpoint, which dyllm recognises but cannot "
+                "run yet: its mixture-of-experts forward (router, experts, QK-norm, partial RoPE"
+                + (", fused QKV" if moe == "llada2" else "")
+                + ") is not integrated into dyllm's transformer (issue 17). `dyllm info` "
+                "describes the checkpoint; to generate, use a LLaDA or Dream checkpoint"
+            )
         model_type = str(raw.get("model_type", ""))
         family = MODEL_TYPES.get(model_type.lower())
         if family is None:

@@ -1,0 +1,105 @@
+"""Tiny LLaDA-MoE and LLaDA2 checkpoints in the real on-disk layouts (config.json keys and
+checkpoint key names as the official code reads them; REFERENCE-families.md), random weights.
+
+The configs are small but keep every structural feature: LLaDA-MoE with QK-norm, expert bias
+and a shared expert; LLaDA2 with a dense first layer, grouped routing, GQA and partial RoPE.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from dyllm.models.keymaps import moe_checkpoint_shapes
+from dyllm.models.moe_config import read_moe_config
+
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "llada_moe": {
+        "architectures": ["LLaDAMoEModelLM"],
+        "model_type": "llada",
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "dense_intermediate_size": 24,
+        "expert_intermediate_size": 12,
+        "shared_expert_intermediate_size": 10,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5,
+        "eos_token_id": 62,
+        "mask_token_id": 63,
+        "tie_word_embeddings": False,
+        "rope_theta": 50000.0,
+        "partial_rotary_factor": 1.0,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "clip_qkv": None,
+        "num_experts": 8,
+        "num_experts_per_tok": 3,
+        "norm_topk_prob": False,
+        "qk_layernorm": True,
+        "moe_layer_freq": [0, 1],
+        "moe_router_enable_expert_bias": True,
+        "routed_scaling_factor": 1.0,
+        "torch_dtype": "bfloat16",
+    },
+    "llada2": {
+        "architectures": ["LLaDA2MoeModelLM"],
+        "model_type": "llada2_moe",
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 24,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "hidden_act": "silu",
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-6,
+        "pad_token_id": 62,
+        "eos_token_id": 62,
+        "mask_token_id": 63,
+        "tie_word_embeddings": False,
+        "rope_theta": 600000,
+        "partial_rotary_factor": 0.5,
+        "rotary_dim": 4,
+        "rope_scaling": None,
+        "use_bias": False,
+        "use_qkv_bias": False,
+        "num_experts": 8,
+        "num_shared_experts": 1,
+        "num_experts_per_tok": 3,
+        "n_group": 4,
+        "topk_group": 2,
+        "routed_scaling_factor": 2.5,
+        "moe_intermediate_size": 12,
+        "first_k_dense_replace": 1,
+        "score_function": "sigmoid",
+        "moe_router_enable_expert_bias": True,
+        "norm_topk_prob": True,
+        "router_dtype": "fp32",
+        "dtype": "bfloat16",
+    },
+}
+
+
+def write_tiny_moe_checkpoint(family: str, folder: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Write config.json and model.safetensors (bfloat16) of a tiny `family` checkpoint into
+    `folder`; returns the tensors written, by checkpoint key."""
+    raw = TINY_CONFIGS[family]
+    config = read_moe_config(raw)
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {
+        key: torch.randn(shape, generator=generator).to(torch.bfloat16)
+        for key, shape in moe_checkpoint_shapes(config).items()
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(raw, indent=2))
+    save_file(tensors, str(folder / "model.safetensors"))
+    return tensors
