@@ -24,7 +24,8 @@ load a user's own; this file names no policy and no policy parameter.
 extra's packages; without them it ends with one line saying which extra to install.
 
 Several processes (docs/tensor-parallel.md): under `torchrun --nproc-per-node N -m dyllm ...`,
-`generate` and `bench` with `--tensor-parallel N` split the model over the N processes;
+`generate`, `bench` and `serve` with `--tensor-parallel N` split the model over the N processes
+(`serve`: the first process serves HTTP, the others follow its batches);
 `generate` without it gives each process a share of the prompts (data parallel) and gathers the
 answers in order. Only the first process prints. Setup errors on any process end every process
 with that message (`dyllm.distributed.launch.agree`).
@@ -38,6 +39,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +405,7 @@ def _add_serve(commands) -> None:
         choices=("critical", "error", "warning", "info", "debug"),
         help="uvicorn's log level (info)",
     )
+    _add_tensor_parallel_flag(serve)
     serve.set_defaults(run=_run_serve)
 
 
@@ -417,25 +420,39 @@ def _run_serve(args: argparse.Namespace) -> int:
             "pip install 'dyllm[serve]'"
         ) from None
 
-    _load_plugins(args)
-    settings = ServeSettings(
-        model=args.model or DEFAULT_MODEL,
-        served_model_name=args.served_model_name,
-        device=args.device,
-        dtype=args.dtype,
-        policy=args.policy,
-        policy_args=tuple(args.policy_arg),
-        host=args.host,
-        port=args.port,
-        max_batch_size=args.max_batch_size,
-        batch_window_ms=args.batch_window_ms,
-        max_queue=args.max_queue,
-        request_timeout_s=args.request_timeout,
-        api_key=args.api_key,
-        max_body_bytes=args.max_body_bytes,
-        threads=args.threads,
-    )
-    serve(settings, log_level=args.log_level)
+    from dyllm.serve.tensor_parallel import IDLE_TIMEOUT
+
+    _join_group(args, timeout=IDLE_TIMEOUT)  # a follower waits for requests in a collective
+
+    def setup() -> ServeSettings:
+        _check_group_size(args)
+        if launch.world_size() > 1 and args.tensor_parallel == 1:
+            raise ValueError(
+                f"dyllm serve under torchrun splits the model: pass --tensor-parallel "
+                f"{launch.world_size()} (one server process holds the whole model otherwise)"
+            )
+        _load_plugins(args)
+        return ServeSettings(
+            model=args.model or DEFAULT_MODEL,
+            served_model_name=args.served_model_name,
+            device=args.device,
+            dtype=args.dtype,
+            policy=args.policy,
+            policy_args=tuple(args.policy_arg),
+            host=args.host,
+            port=args.port,
+            max_batch_size=args.max_batch_size,
+            batch_window_ms=args.batch_window_ms,
+            max_queue=args.max_queue,
+            request_timeout_s=args.request_timeout,
+            api_key=args.api_key,
+            max_body_bytes=args.max_body_bytes,
+            threads=args.threads,
+            tensor_parallel=args.tensor_parallel,
+        )
+
+    serve(launch.agree(setup), log_level=args.log_level)
+    return 0
 
 
 def _add_tensor_parallel_flag(parser: argparse.ArgumentParser) -> None:
@@ -449,13 +466,14 @@ def _add_tensor_parallel_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _join_group(args: argparse.Namespace) -> bool:
-    """Join the process group torchrun describes; True when the model is split over it (False:
-    one process, or generate's data parallelism)."""
+def _join_group(args: argparse.Namespace, timeout: timedelta | None = None) -> bool:
+    """Join the process group torchrun describes (`timeout`: how long a collective may wait,
+    torch's default when None); True when the model is split over it (False: one process, or
+    generate's data parallelism)."""
     size = args.tensor_parallel
     if size < 1:
         raise ValueError(f"--tensor-parallel must be at least 1, got {size}")
-    if not launch.join_from_environment(args.device) and size > 1:
+    if not launch.join_from_environment(args.device, timeout=timeout) and size > 1:
         raise ValueError(
             f"--tensor-parallel {size} needs {size} processes: run `torchrun --nproc-per-node "
             f"{size} -m dyllm {args.command} ... --tensor-parallel {size}`"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -43,10 +44,13 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def join_from_environment(device: str | torch.device = "cpu") -> bool:
+def join_from_environment(
+    device: str | torch.device = "cpu", timeout: timedelta | None = None
+) -> bool:
     """Initialise the default process group from torchrun's environment when it describes more
-    than one process (NCCL for a CUDA `device`, gloo otherwise). True when this process is in a
-    group of several (an already initialised group counts)."""
+    than one process (NCCL for a CUDA `device`, gloo otherwise; `timeout`: how long a collective
+    may wait, torch's default when None). True when this process is in a group of several (an
+    already initialised group counts)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
     if launched_world_size() <= 1:
@@ -56,7 +60,7 @@ def join_from_environment(device: str | torch.device = "cpu") -> bool:
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     return True
 
 

@@ -50,6 +50,7 @@ from dyllm.serve.scheduler import BatchScheduler, QueueFull, SchedulerClosed
 from dyllm.serve.security import ApiKeyMiddleware, BodyLimitMiddleware
 from dyllm.serve.settings import ServedModel, ServeSettings
 from dyllm.serve.streaming import SSE_DONE, sse_event
+from dyllm.serve.tensor_parallel import GroupLeader
 from dyllm.serve.worker import ModelWorker
 
 log = logging.getLogger("dyllm.serve")
@@ -61,8 +62,11 @@ BATCH_HEADER = "x-dyllm-batch-requests"
 """Response header: how many requests shared the answer's batch (1: it ran alone)."""
 
 
-def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
-    """The ASGI app serving `served` with `settings`' batching, limits and key."""
+def create_app(
+    served: ServedModel, settings: ServeSettings, leader: GroupLeader | None = None
+) -> FastAPI:
+    """The ASGI app serving `served` with `settings`' batching, limits and key (`leader`: rank
+    0's link to the other processes of a split model)."""
     metrics = ServerMetrics()
     scheduler = BatchScheduler(
         settings.max_batch_size,
@@ -70,7 +74,7 @@ def create_app(served: ServedModel, settings: ServeSettings) -> FastAPI:
         settings.max_queue,
         on_length=metrics.queue_length.set,
     )
-    worker = ModelWorker(served, scheduler, metrics)
+    worker = ModelWorker(served, scheduler, metrics, leader)
     service = _Service(served, settings, scheduler, worker, metrics)
 
     @asynccontextmanager

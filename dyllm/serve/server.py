@@ -6,6 +6,11 @@ accepting connections, lets the open ones finish (running and queued requests co
 the app's lifespan stops the worker. (uvicorn then raises the signal again, so SIGTERM ends the
 process as terminated by SIGTERM; SIGINT's KeyboardInterrupt is caught and the command returns.)
 
+Under torchrun with the model split (`settings.tensor_parallel` > 1, inside the process group the
+command line joined), every process loads its shard (agreed: a failure on one ends all with its
+message); rank 0 serves as above and leads, the others follow its batches
+(`tensor_parallel.follow`) and bind no port.
+
 `BackgroundServer` runs the same app on a thread of its own with its own event loop, on a port
 the operating system picks (port 0) unless one is given: the tests and the load benchmark drive
 it over loopback with real HTTP clients. `stop` is the same graceful shutdown.
@@ -21,8 +26,10 @@ from types import TracebackType
 
 import uvicorn
 
+from dyllm.distributed import launch
 from dyllm.serve.app import create_app
 from dyllm.serve.settings import ServedModel, ServeSettings, load_served_model
+from dyllm.serve.tensor_parallel import GroupLeader, follow
 
 log = logging.getLogger("dyllm.serve")
 
@@ -35,14 +42,18 @@ def serve(settings: ServeSettings, log_level: str = "info") -> None:
         import torch
 
         torch.set_num_threads(settings.threads)
-    served = load_served_model(settings)
+    served = launch.agree(lambda: load_served_model(settings))  # outside a group: just loads
+    if not launch.is_main_process():
+        follow(served)
+        return
+    leader = GroupLeader() if settings.tensor_parallel > 1 else None
     if not settings.loopback_only and not settings.api_key:
         log.warning(
             "listening on %s without an API key: anyone who reaches this port can use the "
             "model; pass --api-key (or DYLLM_API_KEY)",
             settings.host,
         )
-    app = create_app(served, settings)
+    app = create_app(served, settings, leader)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -50,8 +61,12 @@ def serve(settings: ServeSettings, log_level: str = "info") -> None:
         log_level=log_level,
         timeout_graceful_shutdown=settings.request_timeout_s + 5,
     )
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
-        uvicorn.Server(config).run()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
+            uvicorn.Server(config).run()
+    finally:
+        if leader is not None:  # e.g. the port was taken: the worker never ran
+            leader.close()
 
 
 class BackgroundServer:

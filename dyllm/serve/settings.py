@@ -50,6 +50,9 @@ class ServeSettings:
     max_body_bytes: int = DEFAULT_BODY_LIMIT
     threads: int | None = None
     """torch CPU threads (None: torch's default)."""
+    tensor_parallel: int = 1
+    """Processes the model is split over (`torchrun --nproc-per-node N`, inside a process group
+    joined before loading; see `tensor_parallel.py`)."""
 
     def __post_init__(self) -> None:
         bounds = [
@@ -58,6 +61,7 @@ class ServeSettings:
             ("--max-queue", self.max_queue, 1),
             ("--max-body-bytes", self.max_body_bytes, 1),
             ("--port", self.port, 0),
+            ("--tensor-parallel", self.tensor_parallel, 1),
         ]
         for flag, value, least in bounds:
             if value < least:
@@ -94,6 +98,8 @@ class ServedModel:
     default_policy: PolicySpec
     default_policy_text: str = "dense"
     policy_arguments: Sequence[str] = field(default_factory=tuple)
+    tensor_parallel: int = 1
+    """Processes the model is split over (1: this process holds all of it)."""
 
     @property
     def family(self) -> str:
@@ -111,7 +117,12 @@ def load_served_model(settings: ServeSettings) -> ServedModel:
     from dyllm.reference.registry import BUILTIN_MODELS, resolve_model_path
 
     folder = resolve_model_path(settings.model)
-    model = dyllm.load(folder, device=settings.device, dtype=settings.dtype)
+    model = dyllm.load(
+        folder,
+        device=settings.device,
+        dtype=settings.dtype,
+        tensor_parallel=settings.tensor_parallel,
+    )
     model.eval()
     name = settings.served_model_name or (
         settings.model if settings.model in BUILTIN_MODELS else Path(folder).resolve().name
@@ -119,4 +130,11 @@ def load_served_model(settings: ServeSettings) -> ServedModel:
     spec = parse_policy_spec(
         settings.policy, settings.policy_args, family=model.config.family, from_request=False
     )
-    return ServedModel(name, model, spec, settings.policy, tuple(settings.policy_args))
+    return ServedModel(
+        name,
+        model,
+        spec,
+        settings.policy,
+        tuple(settings.policy_args),
+        tensor_parallel=settings.tensor_parallel,
+    )

@@ -15,11 +15,18 @@ batch-mates of a client that left still get their answers.
 A failure inside a batch fails that batch's jobs (400 for a ValueError the checks could not
 foresee, such as a calibrating policy refusing the prompts; 500 otherwise, logged with its
 traceback) and the worker goes on with the next batch.
+
+Under tensor parallelism (`tensor_parallel.py`) the worker also leads the other processes: it
+announces each batch before running it, agrees with them on each step's stop or go, and sends
+the end when it stops. After an unexpected error there (one the other processes may not share)
+it fails the batch, refuses later ones with 503 and shuts the server down.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +45,13 @@ from dyllm.serve.streaming import (
     shown_text,
     tokens_for_text,
 )
+from dyllm.serve.tensor_parallel import (
+    AgreedSteps,
+    BatchOrder,
+    GroupLeader,
+    agreed_policy,
+    build_policy,
+)
 
 log = logging.getLogger("dyllm.serve")
 
@@ -50,11 +64,17 @@ class ModelWorker:
     """Runs the scheduler's batches on `served.model` in a thread of its own."""
 
     def __init__(
-        self, served: ServedModel, scheduler: BatchScheduler, metrics: ServerMetrics
+        self,
+        served: ServedModel,
+        scheduler: BatchScheduler,
+        metrics: ServerMetrics,
+        leader: GroupLeader | None = None,
     ) -> None:
         self.served = served
         self.scheduler = scheduler
         self.metrics = metrics
+        self.leader = leader
+        """Rank 0's link to the other processes of a split model (None: one process)."""
         self.running_batch: list[Job] = []
         self._thread = threading.Thread(target=self._run, name="dyllm-model-worker", daemon=True)
 
@@ -75,10 +95,15 @@ class ModelWorker:
         while True:
             batch = self.scheduler.next_batch()
             if batch is None:
+                if self.leader is not None:
+                    self.leader.close()  # the other processes' loops end
                 return
             self.running_batch = batch
             try:
-                self._run_batch(batch)
+                if self.leader is not None and self.leader.broken:
+                    _fail(batch, APIError(503, "the server is shutting down after an error"))
+                else:
+                    self._run_batch(batch)
             except Exception:  # the worker must outlive any one batch
                 log.exception("a batch of %d request(s) failed", len(batch))
                 _fail(batch, APIError(500, "the server failed on this request; see its log"))
@@ -96,12 +121,18 @@ class ModelWorker:
         model = self.served.model
         config, spec = jobs[0].config, jobs[0].policy
         rows = [row for job in jobs for row in job.rows]
-        options = {name: value for name, value in config.to_dict().items() if name != "progress"}
         observer = BatchObserver(self.served, jobs)
+        on_step: BatchObserver | AgreedSteps = observer
+        if self.leader is not None:
+            self.leader.announce(BatchOrder(rows, config, spec))
+            on_step = AgreedSteps(self.leader, observer)
         try:
-            policy = spec.build(self.served.family, model, prompts=rows, generation_options=options)
+            if self.leader is not None:
+                policy = agreed_policy(self.served, spec, rows, config)
+            else:
+                policy = build_policy(self.served, spec, rows, config)
             began = time.perf_counter()
-            result = dyllm.generate(model, rows, config, policy=policy, on_step=observer)
+            result = dyllm.generate(model, rows, config, policy=policy, on_step=on_step)
             seconds = time.perf_counter() - began
         except BatchAbandoned:
             self.metrics.aborted_batches.inc()
@@ -109,9 +140,25 @@ class ModelWorker:
         except ValueError as error:
             _fail(jobs, APIError(400, str(error), code="invalid_value"))
             return
+        except Exception:
+            if isinstance(on_step, AgreedSteps) and not on_step.stopped:
+                self._break_group()
+            raise
         self.scheduler.record_batch_time(seconds)
         self._count(spec.name, jobs, rows, result, seconds)
         observer.finish(result)
+
+    def _break_group(self) -> None:
+        """An error the other processes may not share: they may wait in a collective this
+        process will not enter, so no more batches run, and the server shuts down (torchrun then
+        ends the other processes)."""
+        assert self.leader is not None
+        self.leader.broken = True
+        log.critical(
+            "an error on process 0 of a split model: the processes may no longer agree; "
+            "stopping the server"
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _count(
         self,
