@@ -3,8 +3,9 @@
 One server split over two processes answers the official OpenAI client with exactly the text
 `dyllm.generate` gives on one process (greedy, the built-in llada-ref), batches concurrent
 requests (both answers checked), survives a policy that refuses its parameters on every process
-(a 400), and on SIGTERM to torchrun ends both processes: the first after
-its graceful shutdown, the second through the first's sentinel (its log line says so).
+(a 400), stops a batch whose client left on both processes, and on SIGTERM to torchrun ends both
+processes: the first after its graceful shutdown, the second through the first's sentinel (its
+log line says so).
 """
 
 from __future__ import annotations
@@ -114,6 +115,19 @@ def test_serve_split_over_two_processes_answers_as_one_and_stops_on_sigterm() ->
         raw = asyncio.run(concurrently())
         assert [response.headers[BATCH_HEADER] for response in raw] == ["2", "2"]
         assert [response.parse().choices[0].text for response in raw] == expected
+
+        # a client that leaves: its batch stops on both processes at the same step
+        long = {"steps": 200, "block_length": 200}
+        with pytest.raises(openai.APITimeoutError):
+            client.with_options(timeout=0.5).completions.create(
+                model="llada-ref", prompt=prompts[1], max_tokens=200, extra_body=long
+            )
+        limit = time.monotonic() + 30
+        while "dyllm_aborted_batches_total 1.0" not in httpx.get(url + "/metrics").text:
+            assert time.monotonic() < limit, "the abandoned batch did not stop"
+            time.sleep(0.1)
+        answer = client.completions.create(model="llada-ref", prompt=prompts[1], max_tokens=24)
+        assert answer.choices[0].text == expected[1]
 
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
