@@ -1,10 +1,14 @@
 """Shared set-up of the policy-step regression guard: one fixed shape, one random model, a
 fixed thread count (`DYLLM_BENCH_THREADS`, default 1), and the FLOP count of a step.
 
-The shape (`SHAPE`): a random LLaDA-layout model, d_model 256, 4 layers, 4 heads of 64, SwiGLU
-768, vocabulary 4096, at batch 4 on a 32-token prompt and a 96-token answer decoded in blocks of
-32. Small enough that every policy's step is timed in seconds on one CPU thread, large enough
-that matmuls rather than per-op overheads make up most of a dense step.
+The default shape (`small`): a random LLaDA-layout model, d_model 256, 4 layers, 4 heads of 64,
+SwiGLU 768, vocabulary 4096, at batch 4 on a 32-token prompt and a 96-token answer decoded in
+blocks of 32. Small enough that every policy's step is timed in seconds on one CPU thread, large
+enough that matmuls rather than per-op overheads make up most of a dense step; it is the shape of
+the committed results. `DYLLM_POLICY_SHAPE=d1024-b1` (or `d1024-b16`) selects the issue-13 shape
+instead (d_model 1024, 8 layers, 16 heads, SwiGLU 3072, vocabulary 32,000, prompt 128 + answer
+256, blocks of 32, batch 1 or 16): minutes a policy on one thread, not for routine runs.
+`DYLLM_BENCH_ROUNDS` sets the timed rounds (default 9).
 """
 
 from __future__ import annotations
@@ -55,7 +59,25 @@ class Shape:
         )
 
 
-SHAPE = Shape()
+SHAPES: dict[str, Shape] = {
+    "small": Shape(),
+    **{
+        f"d1024-b{batch}": Shape(
+            batch=batch,
+            prompt=128,
+            answer=256,
+            block=32,
+            hidden=1024,
+            layers=8,
+            heads=16,
+            ffn=3072,
+            vocab=32000,
+        )
+        for batch in (1, 16)
+    },
+}
+
+SHAPE = SHAPES[os.environ.get("DYLLM_POLICY_SHAPE", "small")]
 
 
 @pytest.fixture(scope="session")

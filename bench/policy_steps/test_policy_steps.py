@@ -22,6 +22,7 @@ The default test run skips these (testpaths is tests/, and --benchmark-disable i
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -38,14 +39,14 @@ from dyllm.policies.registry import make_policy, policy_names
 POLICIES: dict[str, dict[str, object]] = {
     "dyllm": {"tau": 0.99},
     "topk": {"k": 0.1},
-    "adaptive": {"budgets": [0.1, 0.2, 0.2, 0.1]},
+    "adaptive": {},  # budgets per layer: see `policy_options`
     "fast-prefix": {},
     "fast-dual": {},
     "dllm-cache": {},
 }
 """Every built-in sparse policy and the options it is timed with (`dense` is the baseline)."""
 
-ROUNDS = 9
+ROUNDS = int(os.environ.get("DYLLM_BENCH_ROUNDS", "9"))
 MAX_SETUP_STEPS = 16
 
 
@@ -119,6 +120,14 @@ def _commit(shape, x: torch.Tensor, ctx: StepContext, step: int) -> torch.Tensor
     return committed
 
 
+def policy_options(name: str, shape) -> dict[str, object]:
+    """The options of `name` at `shape`: `adaptive` gets budgets 0.1 at the first and last
+    layer and 0.2 between."""
+    if name == "adaptive":
+        return {"budgets": [0.1] + [0.2] * (shape.layers - 2) + [0.1]}
+    return POLICIES[name]
+
+
 def _first_sparse_step(policy: SaliencyPolicy, shape) -> int:
     x = _canvas(shape)
     for step in range(1, MAX_SETUP_STEPS):
@@ -136,7 +145,7 @@ def _prepared(
     dense = DenseDenoiser(model)
 
     def setup() -> tuple[tuple, dict]:
-        policy = make_policy(name, family="llada", **POLICIES[name])
+        policy = make_policy(name, family="llada", **policy_options(name, shape))
         target = _first_sparse_step(policy, shape)
         denoiser = SaliencyDenoiser(model, policy, trace=True)
         x = _canvas(shape)
