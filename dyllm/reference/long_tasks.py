@@ -94,6 +94,13 @@ LONG_TASK_PROMPT_PATTERNS: dict[str, re.Pattern[str]] = {
 """The exact shape of each long task's prompts."""
 
 
+LONG_TASK_FORMATS = (
+    f"'triple N =' (N: {TRIPLE_DIGITS} digits), "
+    f"'runsum D =' (D: {RUNSUM_DIGITS} digits 0-{RUNSUM_MAX_INCREMENT})"
+)
+"""The long task prompts in words, for messages."""
+
+
 def matches_long_task_format(prompt: str) -> bool:
     """Whether `prompt` has the shape of one of the long suite's prompts (widths included)."""
     return any(pattern.fullmatch(prompt) for pattern in LONG_TASK_PROMPT_PATTERNS.values())
