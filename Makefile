@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= sort 3141592653589793 =
 STAMP := $(VENV)/.installed
 
-.PHONY: install generate test test-slow test-gpu bench bench-micro lint docs clean
+.PHONY: install generate test test-slow test-gpu bench bench-micro bench-policies lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ bench: install
 bench-micro: install
 	$(BIN)/python -m pytest bench/micro --benchmark-enable -q -p no:cacheprovider \
 		--benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+# every policy's sparse step against its FLOP-ratio limit, results to bench/results/ (kept out of
+# `make test`; compare a change's numbers with the committed file)
+bench-policies: install
+	$(BIN)/python -m pytest bench/policy_steps --benchmark-enable -q -p no:cacheprovider \
+		--benchmark-columns=median,iqr,rounds --benchmark-sort=name \
+		--benchmark-json=bench/results/policy_steps_cpu.json
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .ruff_cache

@@ -858,22 +858,27 @@ def _print_statistics(result: Any) -> None:
 
 def _warn_off_task(folder: Path, prompts: list, args: argparse.Namespace) -> None:
     """One stderr line when a built-in reference model gets what it was never trained on."""
+    from dyllm.reference.long_tasks import LONG_TASK_FORMATS, matches_long_task_format
+    from dyllm.reference.registry import BUILTIN_SUITES
     from dyllm.reference.tasks import TASK_FORMATS, matches_task_format
 
     name = builtin_model_name(folder)
     if name is None:
         return
+    long_suite = BUILTIN_SUITES.get(name) == "long"
+    matches = matches_long_task_format if long_suite else matches_task_format
+    formats = LONG_TASK_FORMATS if long_suite else TASK_FORMATS
     texts = [prompt for prompt in prompts if isinstance(prompt, str)]
     if any("\ud800" <= character <= "\udfff" for text in texts for character in text):
         return  # bytes that were not UTF-8: generate refuses the prompt, no warning first
-    off_task = [text for text in texts if not matches_task_format(text)]
+    off_task = [text for text in texts if not matches(text)]
     conversations = len(texts) < len(prompts) and not args.token_ids
     if not (args.chat or off_task or conversations):
         return
     what = "--chat" if args.chat or conversations else f"the prompt {off_task[0][:40]!r}"
     print(
         f"dyllm generate: warning: {name} is a tiny reference model trained only on the task "
-        f"prompts {TASK_FORMATS}; for {what} it gives noise (docs/reference-models.md)",
+        f"prompts {formats}; for {what} it gives noise (docs/reference-models.md)",
         file=sys.stderr,
     )
 

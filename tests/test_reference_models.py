@@ -22,9 +22,11 @@ from safetensors.torch import load_file
 import dyllm
 from dyllm.reference.encoding import Batch, collate, encode_prompt
 from dyllm.reference.evaluate import default_gen_length, evaluate, sampler_settings
+from dyllm.reference.long_tasks import LONG_TASK_NAMES, long_heldout_problems
 from dyllm.reference.objective import diffusion_loss, mask_answers
 from dyllm.reference.registry import (
     BUILTIN_MODELS,
+    BUILTIN_SUITES,
     CHECKPOINTS_DIR,
     DEFAULT_MODEL,
     builtin_model_path,
@@ -35,6 +37,7 @@ from dyllm.reference.train import main as train_main
 from dyllm.reference.vocab import VOCAB_SIZE, build_tokenizer, special_token_ids
 
 PROBLEMS_PER_TASK = 5
+LONG_PROBLEMS_PER_TASK = 10
 ALLOWED_DROP = 0.10
 MAX_CHECKPOINT_BYTES = 10 * 1024 * 1024
 
@@ -51,6 +54,11 @@ def test_registry_maps_builtin_names_and_passes_paths_through(tmp_path: Path) ->
     assert resolve_model_path(tmp_path / "x") == tmp_path / "x"
 
 
+def test_every_builtin_names_its_task_suite() -> None:
+    assert set(BUILTIN_SUITES) == set(BUILTIN_MODELS)
+    assert committed_scores("llada-long")["heldout"]["suite"] == "long"
+
+
 def test_registry_names_the_builtins_for_an_unknown_name() -> None:
     with pytest.raises(ValueError, match="'gpt-2' is not a built-in model; built-ins: llada-ref"):
         builtin_model_path("gpt-2")
@@ -61,6 +69,7 @@ def test_registry_names_the_builtins_for_an_unknown_name() -> None:
     [
         ("llada-ref", "llada", "n_kv_heads", None),
         ("dream-ref", "Dream", "num_key_value_heads", "model.layers.0.self_attn.q_proj.bias"),
+        ("llada-long", "llada", "n_kv_heads", None),
     ],
 )
 def test_shipped_checkpoint_is_in_the_real_family_format(
@@ -104,7 +113,15 @@ def test_shipped_model_still_scores_its_committed_figure(name: str) -> None:
     committed = committed_scores(name)
     model = dyllm.load(builtin_model_path(name), device="cpu")
     assert default_gen_length(model) == committed["sampler"]["gen_length"]
-    problems = [p for task in TASK_NAMES for p in heldout_problems(task)[:PROBLEMS_PER_TASK]]
+    if BUILTIN_SUITES[name] == "long":  # 20 problems: 10 per long task
+        problems = [
+            p
+            for task in LONG_TASK_NAMES
+            for p in long_heldout_problems(task)[:LONG_PROBLEMS_PER_TASK]
+        ]
+    else:  # 20 problems: 5 per task
+        problems = [p for task in TASK_NAMES for p in heldout_problems(task)[:PROBLEMS_PER_TASK]]
+    assert len(problems) == 20
     score, _ = evaluate(model, problems, batch_size=len(problems))
     assert score.overall.exact_match >= committed["overall"]["exact_match"] - ALLOWED_DROP
 
@@ -227,3 +244,17 @@ def test_vocabulary_has_the_family_special_tokens(family: str, specials: list[st
 def test_prompt_with_characters_outside_the_vocabulary_is_refused() -> None:
     with pytest.raises(ValueError, match="outside the reference vocabulary"):
         encode_prompt(build_tokenizer("llada"), "sort 12 ≠")
+
+
+def test_long_model_warns_only_off_its_own_task_formats(capsys: pytest.CaptureFixture) -> None:
+    from argparse import Namespace
+
+    from dyllm.cli import _warn_off_task
+    from dyllm.reference.long_tasks import generate_long_problems
+
+    folder = builtin_model_path("llada-long")
+    flags = Namespace(chat=False, token_ids=False)
+    _warn_off_task(folder, [generate_long_problems("runsum", 1, seed=9)[0].prompt], flags)
+    assert capsys.readouterr().err == ""
+    _warn_off_task(folder, ["sort 3141592653589793 ="], flags)
+    assert "'runsum D ='" in capsys.readouterr().err

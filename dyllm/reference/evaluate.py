@@ -1,6 +1,7 @@
 """Score a checkpoint on the held-out task suite with `dyllm.generation.generate` and its defaults.
 
     python -m dyllm.reference.evaluate --model llada-ref --out eval.json
+    python -m dyllm.reference.evaluate --model RUN/model --suite long --out eval.json
 
 Dense generation, the model's own default sampler (what `generation_config.json` sets: LLaDA's
 low-confidence remasking, Dream's entropy order, greedy), answer length from the checkpoint's
@@ -25,6 +26,7 @@ import dyllm
 from dyllm.generation import GenerationConfig
 from dyllm.generation.config import LLADA_ONLY_DEFAULTS, resolve_config
 from dyllm.models import DiffusionTransformer
+from dyllm.reference.long_tasks import LONG_HELDOUT_SEED, LONG_TASK_NAMES, long_heldout_problems
 from dyllm.reference.registry import resolve_model_path
 from dyllm.reference.scoring import SuiteScore, score_predictions
 from dyllm.reference.tasks import HELDOUT_SEED, TASK_NAMES, Problem, heldout_problems
@@ -80,6 +82,17 @@ def evaluate(
     return score_predictions(problems, answers), seconds
 
 
+def suite_heldout(suite: str, per_task: int | None) -> tuple[list[Problem], dict[str, Any]]:
+    """The held-out problems of `suite` ("short" or "long"), the first `per_task` of each task
+    if given, and their description for the JSON."""
+    if suite == "long":
+        names, seed, source = LONG_TASK_NAMES, LONG_HELDOUT_SEED, long_heldout_problems
+    else:
+        names, seed, source = TASK_NAMES, HELDOUT_SEED, heldout_problems
+    problems = [p for name in names for p in source(name)[:per_task]]
+    return problems, {"suite": suite, "seed": seed, "tasks": list(names), "problems": len(problems)}
+
+
 def machine_description() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -116,6 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="built-in name or checkpoint folder")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument(
+        "--suite", choices=("short", "long"), default="short", help="which held-out set"
+    )
+    parser.add_argument(
+        "--per-task", type=int, default=None, help="only the first N held-out problems per task"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--train-run", type=Path, default=None, help="training folder to record in the JSON"
@@ -125,13 +144,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     folder = resolve_model_path(args.model)
     model = dyllm.load(folder, device="cpu")
-    problems = heldout_problems()
+    problems, heldout = suite_heldout(args.suite, args.per_task)
     started = time.perf_counter()
     score, generation_seconds = evaluate(model, problems, args.batch_size)
     report = {
         "model": args.model,
         "family": model.config.family,
-        "heldout": {"seed": HELDOUT_SEED, "tasks": list(TASK_NAMES), "problems": len(problems)},
+        "heldout": heldout,
         "generation": "dyllm.generation.generate, dense, the checkpoint's default sampler",
         "sampler": sampler_settings(model),
         "batch_size": args.batch_size,

@@ -13,7 +13,12 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
 BUILTIN_MODELS: dict[str, str] = {
     "llada-ref": "LLaDA layout (multi-head attention, no biases), trained on the task suite",
     "dream-ref": "Dream layout (grouped-query attention, q/k/v biases, logit shift), same tasks",
+    "llada-long": "LLaDA layout, trained on the long-answer suite (128-token chained answers)",
 }
+
+BUILTIN_SUITES: dict[str, str] = {"llada-ref": "short", "dream-ref": "short", "llada-long": "long"}
+"""The task suite each built-in model was trained on: `short` is `dyllm.reference.tasks` (24-token
+answers), `long` is `dyllm.reference.long_tasks` (128-token answers)."""
 
 DEFAULT_MODEL = "llada-ref"
 

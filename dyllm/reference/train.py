@@ -27,6 +27,12 @@ from tqdm import tqdm
 from dyllm.models import DiffusionTransformer, ModelConfig
 from dyllm.reference.encoding import DEFAULT_GEN_LENGTH, collate
 from dyllm.reference.export import export_checkpoint
+from dyllm.reference.long_tasks import (
+    LONG_ANSWER_LENGTH,
+    LONG_TASK_NAMES,
+    long_heldout_problems,
+    long_training_stream,
+)
 from dyllm.reference.objective import diffusion_loss
 from dyllm.reference.quick_eval import quick_score
 from dyllm.reference.tasks import TASK_NAMES, Problem, heldout_problems, training_stream
@@ -43,6 +49,7 @@ def reference_config(
     num_heads: int,
     num_kv_heads: int,
     intermediate_size: int,
+    max_position_embeddings: int = 256,
 ) -> ModelConfig:
     """Shape of a reference model; special token ids come from the family's vocabulary."""
     ids = special_token_ids(family)
@@ -56,7 +63,7 @@ def reference_config(
         intermediate_size=intermediate_size,
         rope_theta=10000.0,
         rms_norm_eps=1e-5 if family == "llada" else 1e-6,
-        max_position_embeddings=256,
+        max_position_embeddings=max_position_embeddings,
         mask_token_id=ids["mask"],
         eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],
@@ -84,9 +91,24 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
 
 
-def batches(seed: int, batch_size: int, skip: int) -> Iterator[list[Problem]]:
+SUITES = ("short", "long")
+"""`short`: the 24-token suite (`dyllm.reference.tasks`); `long`: the 128-token one
+(`dyllm.reference.long_tasks`)."""
+
+LONG_MAX_POSITIONS = 512
+"""Position limit written into a long-suite model's config (prompt 137 + answer 128 fit)."""
+
+
+def suite_quick_problems(suite: str, per_task: int) -> list[Problem]:
+    """The first `per_task` held-out problems of each task of `suite`, for the quick evals."""
+    if suite == "long":
+        return [p for name in LONG_TASK_NAMES for p in long_heldout_problems(name)[:per_task]]
+    return [p for name in TASK_NAMES for p in heldout_problems(name)[:per_task]]
+
+
+def batches(seed: int, batch_size: int, skip: int, suite: str = "short") -> Iterator[list[Problem]]:
     """Batches of the seeded training stream, the first `skip` batches dropped (for resume)."""
-    stream = training_stream(seed)
+    stream = long_training_stream(seed) if suite == "long" else training_stream(seed)
     for _ in range(skip * batch_size):
         next(stream)
     while True:
@@ -98,6 +120,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m dyllm.reference.train", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--family", choices=("llada", "dream"), required=True)
+    parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        default="short",
+        help="task suite: short (24-token answers) or long (128-token answers)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder (state, model, log)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--steps", type=int, default=9000, help="optimizer steps (sets schedule)")
@@ -124,7 +152,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="key/value heads; default: all heads for llada, half of them for dream (GQA)",
     )
     parser.add_argument("--intermediate-size", type=int, default=384)
-    parser.add_argument("--gen-length", type=int, default=DEFAULT_GEN_LENGTH)
+    parser.add_argument(
+        "--gen-length",
+        type=int,
+        default=None,
+        help=f"answer region; default {DEFAULT_GEN_LENGTH} (short suite), "
+        f"{LONG_ANSWER_LENGTH} (long suite)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
@@ -134,7 +168,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.gen_length is None:
+        args.gen_length = LONG_ANSWER_LENGTH if args.suite == "long" else DEFAULT_GEN_LENGTH
+    return args
 
 
 def save_state(
@@ -175,6 +212,7 @@ def train(args: argparse.Namespace) -> Path:
         args.heads,
         args.kv_heads or (args.heads if args.family == "llada" else args.heads // 2),
         args.intermediate_size,
+        LONG_MAX_POSITIONS if args.suite == "long" else 256,
     )
     tokenizer = build_tokenizer(args.family)
     model = DiffusionTransformer(config)
@@ -192,16 +230,12 @@ def train(args: argparse.Namespace) -> Path:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
-    quick_problems = [
-        problem
-        for name in TASK_NAMES
-        for problem in heldout_problems(name)[: args.quick_eval_per_task]
-    ]
+    quick_problems = suite_quick_problems(args.suite, args.quick_eval_per_task)
     ids = special_token_ids(args.family)
     logit_shift = bool(config.logit_shift)
     started = time.monotonic()
     tokens_seen, running_loss, window_started = 0, 0.0, time.monotonic()
-    data = batches(args.seed, args.batch_size, skip=step)
+    data = batches(args.seed, args.batch_size, skip=step, suite=args.suite)
     progress = tqdm(total=args.steps, initial=step, desc=f"{args.family} train", file=sys.stderr)
     model.train()
     while step < args.steps:
