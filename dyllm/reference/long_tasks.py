@@ -25,9 +25,8 @@ import random
 import re
 import string
 from collections.abc import Iterator
-from functools import lru_cache
 
-from dyllm.reference.tasks import Problem, Task, little_endian
+from dyllm.reference.tasks import Problem, Task, TaskSuite, little_endian, running_sums_mod10
 
 LONG_HELDOUT_SEED = 20_261_130
 """Seed of the long suite's fixed held-out sets; training streams skip these prompts."""
@@ -50,20 +49,16 @@ def generate_triple(rng: random.Random) -> Problem:
     return Problem("triple", prompt, little_endian(3 * number, TRIPLE_DIGITS + 1))
 
 
-def runsum_states(digits: str) -> str:
-    """States of a mod-10 counter that adds each digit of `digits` in turn (one state a digit)."""
-    state, states = 0, []
-    for digit in digits:
-        state = (state + int(digit)) % 10
-        states.append(str(state))
-    return "".join(states)
+runsum_states = running_sums_mod10
+"""The answer of `runsum`: the states of a mod-10 counter fed the prompt's digits (the short
+suite's `cumsum` rule, over 128 digits)."""
 
 
 def generate_runsum(rng: random.Random) -> Problem:
     """Running states mod 10 of 128 increments in 0..3."""
     alphabet = string.digits[: RUNSUM_MAX_INCREMENT + 1]
     digits = "".join(rng.choice(alphabet) for _ in range(RUNSUM_DIGITS))
-    return Problem("runsum", f"runsum {digits} =", runsum_states(digits))
+    return Problem("runsum", f"runsum {digits} =", running_sums_mod10(digits))
 
 
 LONG_TASKS: dict[str, Task] = {
@@ -101,62 +96,45 @@ LONG_TASK_FORMATS = (
 """The long task prompts in words, for messages."""
 
 
+LONG_TRAINING_MIX: tuple[str, ...] = ("triple", "runsum")
+"""One cycle of the long training stream."""
+
+LONG_SUITE = TaskSuite(
+    "long ",
+    LONG_TASKS,
+    LONG_TASK_PROMPT_PATTERNS,
+    LONG_HELDOUT_SEED,
+    LONG_HELDOUT_PER_TASK,
+    LONG_TRAINING_MIX,
+)
+"""The 128-token suite of llada-long."""
+
+
 def matches_long_task_format(prompt: str) -> bool:
     """Whether `prompt` has the shape of one of the long suite's prompts (widths included)."""
-    return any(pattern.fullmatch(prompt) for pattern in LONG_TASK_PROMPT_PATTERNS.values())
+    return LONG_SUITE.matches_format(prompt)
 
 
 def get_long_task(name: str) -> Task:
     """The long task called `name`, or a ValueError listing the known ones."""
-    if name not in LONG_TASKS:
-        raise ValueError(
-            f"unknown long task {name!r}; the long suite has {', '.join(LONG_TASK_NAMES)}"
-        )
-    return LONG_TASKS[name]
+    return LONG_SUITE.get(name)
 
 
 def generate_long_problems(task: str, count: int, seed: int) -> list[Problem]:
     """`count` problems of one long task from a `random.Random` seeded by task and `seed`."""
-    generator = get_long_task(task).generate
-    rng = random.Random(f"{task}:{seed}")
-    return [generator(rng) for _ in range(count)]
-
-
-@lru_cache(maxsize=1)
-def _long_heldout_all() -> tuple[Problem, ...]:
-    problems: list[Problem] = []
-    for name in LONG_TASK_NAMES:
-        problems.extend(generate_long_problems(name, LONG_HELDOUT_PER_TASK, LONG_HELDOUT_SEED))
-    return tuple(problems)
+    return LONG_SUITE.generate(task, count, seed)
 
 
 def long_heldout_problems(task: str | None = None) -> list[Problem]:
     """The fixed long held-out set (100 per task), of one task or of all in suite order."""
-    if task is not None:
-        get_long_task(task)
-    return [p for p in _long_heldout_all() if task is None or p.task == task]
+    return LONG_SUITE.heldout(task)
 
 
-@lru_cache(maxsize=1)
 def long_heldout_prompts() -> frozenset[str]:
     """Prompts of every long held-out problem: training never emits one of these."""
-    return frozenset(p.prompt for p in _long_heldout_all())
-
-
-LONG_TRAINING_MIX: tuple[str, ...] = ("triple", "runsum")
-"""One cycle of the long training stream."""
+    return LONG_SUITE.heldout_prompts
 
 
 def long_training_stream(seed: int, mix: tuple[str, ...] = LONG_TRAINING_MIX) -> Iterator[Problem]:
     """Endless long problems cycling through `mix`, held-out prompts skipped; fixed per seed."""
-    if seed == LONG_HELDOUT_SEED:
-        raise ValueError(f"seed {seed} is the long held-out seed; train with another one")
-    rngs = {name: random.Random(f"{name}:train:{seed}") for name in mix}
-    generators = {name: get_long_task(name).generate for name in mix}
-    excluded = long_heldout_prompts()
-    while True:
-        for name in mix:
-            problem = generators[name](rngs[name])
-            while problem.prompt in excluded:
-                problem = generators[name](rngs[name])
-            yield problem
+    return LONG_SUITE.training_stream(seed, mix, long_heldout_prompts())

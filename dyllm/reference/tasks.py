@@ -38,9 +38,9 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property
 
 HELDOUT_SEED = 20_260_417
 """Seed of the fixed held-out sets; training streams use other seeds and skip these prompts."""
@@ -94,14 +94,19 @@ def generate_mul3(rng: random.Random) -> Problem:
     return Problem("mul3", prompt, little_endian(3 * number, MUL3_DIGITS + 1))
 
 
+def running_sums_mod10(digits: str) -> str:
+    """(d_0 + ... + d_i) mod 10 for every i: the states of a mod-10 counter fed `digits`."""
+    running, sums = 0, []
+    for digit in digits:
+        running = (running + int(digit)) % 10
+        sums.append(str(running))
+    return "".join(sums)
+
+
 def generate_cumsum(rng: random.Random) -> Problem:
     """Running sums mod 10 of 20 digits in 0..3: answer digit i is (d_0 + ... + d_i) mod 10."""
     digits = _symbols(rng, "0123", CUMSUM_DIGITS)
-    running, answer = 0, []
-    for digit in digits:
-        running = (running + int(digit)) % 10
-        answer.append(str(running))
-    return Problem("cumsum", f"cumsum {digits} =", "".join(answer))
+    return Problem("cumsum", f"cumsum {digits} =", running_sums_mod10(digits))
 
 
 def generate_sort(rng: random.Random) -> Problem:
@@ -169,67 +174,119 @@ TASK_FORMATS = (
 """The task prompts in words, for messages."""
 
 
-def matches_task_format(prompt: str) -> bool:
-    """Whether `prompt` has the shape of one of the suite's prompts (widths included)."""
-    return any(pattern.fullmatch(prompt) for pattern in TASK_PROMPT_PATTERNS.values())
-
-
 MAX_ANSWER_LENGTH = max(task.answer_length for task in TASKS.values())
-
-
-def get_task(name: str) -> Task:
-    """The task called `name`, or a ValueError listing the known tasks."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; the suite has {', '.join(TASK_NAMES)}")
-    return TASKS[name]
-
-
-def generate_problems(task: str, count: int, seed: int) -> list[Problem]:
-    """`count` problems of one task, drawn from a `random.Random` seeded by task and `seed`."""
-    generator = get_task(task).generate
-    rng = random.Random(f"{task}:{seed}")
-    return [generator(rng) for _ in range(count)]
-
-
-@lru_cache(maxsize=1)
-def _heldout_all() -> tuple[Problem, ...]:
-    problems: list[Problem] = []
-    for name in TASK_NAMES:
-        problems.extend(generate_problems(name, HELDOUT_PER_TASK, HELDOUT_SEED))
-    return tuple(problems)
-
-
-def heldout_problems(task: str | None = None) -> list[Problem]:
-    """The fixed held-out set (150 per task), of one task or of all tasks in suite order."""
-    if task is not None:
-        get_task(task)
-    return [p for p in _heldout_all() if task is None or p.task == task]
-
-
-@lru_cache(maxsize=1)
-def heldout_prompts() -> frozenset[str]:
-    """Prompts of every held-out problem: training never emits one of these."""
-    return frozenset(p.prompt for p in _heldout_all())
-
 
 TRAINING_MIX: tuple[str, ...] = ("mul3", "sort", "cumsum", "sort", "rot13")
 """One cycle of the training stream: sorting, the slowest task to learn, gets two slots in five."""
 
 
-def training_stream(seed: int, mix: tuple[str, ...] = TRAINING_MIX) -> Iterator[Problem]:
-    """Endless problems cycling through `mix`, held-out prompts skipped; fixed order per seed.
+@dataclass(frozen=True)
+class TaskSuite:
+    """A set of tasks with its fixed held-out set and its training mix: what a reference model
+    is trained and scored on. This suite and the long one (`long_tasks.LONG_SUITE`) are two."""
 
-    Each task draws from its own `random.Random`, seeded by task name and `seed`, so a task
-    listed twice in `mix` continues one sequence rather than repeating it.
-    """
-    if seed == HELDOUT_SEED:
-        raise ValueError(f"seed {seed} is the held-out seed; train with another one")
-    rngs = {name: random.Random(f"{name}:train:{seed}") for name in mix}
-    generators = {name: get_task(name).generate for name in mix}
-    excluded = heldout_prompts()
-    while True:
-        for name in mix:
-            problem = generators[name](rngs[name])
-            while problem.prompt in excluded:
+    label: str
+    """"" or a word and a space ("long "), as errors name the suite."""
+    tasks: Mapping[str, Task]
+    prompt_patterns: Mapping[str, re.Pattern[str]]
+    heldout_seed: int
+    heldout_per_task: int
+    training_mix: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.tasks)
+
+    def get(self, name: str) -> Task:
+        """The task called `name`, or a ValueError listing the suite's tasks."""
+        if name not in self.tasks:
+            raise ValueError(
+                f"unknown {self.label}task {name!r}; the {self.label}suite has "
+                f"{', '.join(self.names)}"
+            )
+        return self.tasks[name]
+
+    def matches_format(self, prompt: str) -> bool:
+        """Whether `prompt` has the shape of one of the suite's prompts (widths included)."""
+        return any(pattern.fullmatch(prompt) for pattern in self.prompt_patterns.values())
+
+    def generate(self, task: str, count: int, seed: int) -> list[Problem]:
+        """`count` problems of one task from a `random.Random` seeded by task and `seed`."""
+        generator = self.get(task).generate
+        rng = random.Random(f"{task}:{seed}")
+        return [generator(rng) for _ in range(count)]
+
+    @cached_property
+    def heldout_all(self) -> tuple[Problem, ...]:
+        """The fixed held-out set, every task in suite order."""
+        return tuple(
+            problem
+            for name in self.names
+            for problem in self.generate(name, self.heldout_per_task, self.heldout_seed)
+        )
+
+    def heldout(self, task: str | None = None) -> list[Problem]:
+        """The held-out problems of one task, or of all tasks in suite order."""
+        if task is not None:
+            self.get(task)
+        return [p for p in self.heldout_all if task is None or p.task == task]
+
+    @cached_property
+    def heldout_prompts(self) -> frozenset[str]:
+        """Prompts of every held-out problem: training never emits one of these."""
+        return frozenset(p.prompt for p in self.heldout_all)
+
+    def training_stream(
+        self, seed: int, mix: tuple[str, ...], excluded: frozenset[str]
+    ) -> Iterator[Problem]:
+        """Endless problems cycling through `mix`, `excluded` prompts skipped; fixed per seed.
+
+        Each task draws from its own `random.Random`, seeded by task name and `seed`, so a task
+        listed twice in `mix` continues one sequence rather than repeating it.
+        """
+        if seed == self.heldout_seed:
+            raise ValueError(
+                f"seed {seed} is the {self.label}held-out seed; train with another one"
+            )
+        rngs = {name: random.Random(f"{name}:train:{seed}") for name in mix}
+        generators = {name: self.get(name).generate for name in mix}
+        while True:
+            for name in mix:
                 problem = generators[name](rngs[name])
-            yield problem
+                while problem.prompt in excluded:
+                    problem = generators[name](rngs[name])
+                yield problem
+
+
+SUITE = TaskSuite("", TASKS, TASK_PROMPT_PATTERNS, HELDOUT_SEED, HELDOUT_PER_TASK, TRAINING_MIX)
+"""The 24-token suite of llada-ref and dream-ref."""
+
+
+def matches_task_format(prompt: str) -> bool:
+    """Whether `prompt` has the shape of one of the suite's prompts (widths included)."""
+    return SUITE.matches_format(prompt)
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`, or a ValueError listing the known tasks."""
+    return SUITE.get(name)
+
+
+def generate_problems(task: str, count: int, seed: int) -> list[Problem]:
+    """`count` problems of one task, drawn from a `random.Random` seeded by task and `seed`."""
+    return SUITE.generate(task, count, seed)
+
+
+def heldout_problems(task: str | None = None) -> list[Problem]:
+    """The fixed held-out set (150 per task), of one task or of all tasks in suite order."""
+    return SUITE.heldout(task)
+
+
+def heldout_prompts() -> frozenset[str]:
+    """Prompts of every held-out problem: training never emits one of these."""
+    return SUITE.heldout_prompts
+
+
+def training_stream(seed: int, mix: tuple[str, ...] = TRAINING_MIX) -> Iterator[Problem]:
+    """Endless problems cycling through `mix`, held-out prompts skipped; fixed order per seed."""
+    return SUITE.training_stream(seed, mix, heldout_prompts())
