@@ -858,16 +858,14 @@ def _print_statistics(result: Any) -> None:
 
 def _warn_off_task(folder: Path, prompts: list, args: argparse.Namespace) -> None:
     """One stderr line when a built-in reference model gets what it was never trained on."""
-    from dyllm.reference.long_tasks import LONG_TASK_FORMATS, matches_long_task_format
+    from dyllm.reference.long_tasks import SUITES
     from dyllm.reference.registry import BUILTIN_SUITES
-    from dyllm.reference.tasks import TASK_FORMATS, matches_task_format
 
     name = builtin_model_name(folder)
     if name is None:
         return
-    long_suite = BUILTIN_SUITES.get(name) == "long"
-    matches = matches_long_task_format if long_suite else matches_task_format
-    formats = LONG_TASK_FORMATS if long_suite else TASK_FORMATS
+    suite = SUITES[BUILTIN_SUITES.get(name, "short")]
+    matches, formats = suite.matches_format, suite.formats
     texts = [prompt for prompt in prompts if isinstance(prompt, str)]
     if any("\ud800" <= character <= "\udfff" for text in texts for character in text):
         return  # bytes that were not UTF-8: generate refuses the prompt, no warning first

@@ -26,10 +26,10 @@ import dyllm
 from dyllm.generation import GenerationConfig
 from dyllm.generation.config import LLADA_ONLY_DEFAULTS, resolve_config
 from dyllm.models import DiffusionTransformer
-from dyllm.reference.long_tasks import LONG_HELDOUT_SEED, LONG_TASK_NAMES, long_heldout_problems
+from dyllm.reference.long_tasks import SUITES
 from dyllm.reference.registry import resolve_model_path
 from dyllm.reference.scoring import SuiteScore, score_predictions
-from dyllm.reference.tasks import HELDOUT_SEED, TASK_NAMES, Problem, heldout_problems
+from dyllm.reference.tasks import Problem
 
 
 def default_gen_length(model: DiffusionTransformer) -> int:
@@ -85,12 +85,10 @@ def evaluate(
 def suite_heldout(suite: str, per_task: int | None) -> tuple[list[Problem], dict[str, Any]]:
     """The held-out problems of `suite` ("short" or "long"), the first `per_task` of each task
     if given, and their description for the JSON."""
-    if suite == "long":
-        names, seed, source = LONG_TASK_NAMES, LONG_HELDOUT_SEED, long_heldout_problems
-    else:
-        names, seed, source = TASK_NAMES, HELDOUT_SEED, heldout_problems
-    problems = [p for name in names for p in source(name)[:per_task]]
-    return problems, {"suite": suite, "seed": seed, "tasks": list(names), "problems": len(problems)}
+    tasks = SUITES[suite]
+    problems = [p for name in tasks.names for p in tasks.heldout(name)[:per_task]]
+    description = {"suite": suite, "seed": tasks.heldout_seed, "tasks": list(tasks.names)}
+    return problems, {**description, "problems": len(problems)}
 
 
 def machine_description() -> dict[str, Any]:

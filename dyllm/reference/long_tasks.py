@@ -26,7 +26,14 @@ import re
 import string
 from collections.abc import Iterator
 
-from dyllm.reference.tasks import Problem, Task, TaskSuite, little_endian, running_sums_mod10
+from dyllm.reference.tasks import (
+    SUITE,
+    Problem,
+    Task,
+    TaskSuite,
+    little_endian,
+    running_sums_mod10,
+)
 
 LONG_HELDOUT_SEED = 20_261_130
 """Seed of the long suite's fixed held-out sets; training streams skip these prompts."""
@@ -103,6 +110,7 @@ LONG_SUITE = TaskSuite(
     "long ",
     LONG_TASKS,
     LONG_TASK_PROMPT_PATTERNS,
+    LONG_TASK_FORMATS,
     LONG_HELDOUT_SEED,
     LONG_HELDOUT_PER_TASK,
     LONG_TRAINING_MIX,
@@ -138,3 +146,7 @@ def long_heldout_prompts() -> frozenset[str]:
 def long_training_stream(seed: int, mix: tuple[str, ...] = LONG_TRAINING_MIX) -> Iterator[Problem]:
     """Endless long problems cycling through `mix`, held-out prompts skipped; fixed per seed."""
     return LONG_SUITE.training_stream(seed, mix, long_heldout_prompts())
+
+
+SUITES: dict[str, TaskSuite] = {"short": SUITE, "long": LONG_SUITE}
+"""Every task suite by the name `--suite` and `registry.BUILTIN_SUITES` use."""

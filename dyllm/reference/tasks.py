@@ -189,6 +189,8 @@ class TaskSuite:
     """"" or a word and a space ("long "), as errors name the suite."""
     tasks: Mapping[str, Task]
     prompt_patterns: Mapping[str, re.Pattern[str]]
+    formats: str
+    """The prompts in words, for messages."""
     heldout_seed: int
     heldout_per_task: int
     training_mix: tuple[str, ...]
@@ -258,7 +260,9 @@ class TaskSuite:
                 yield problem
 
 
-SUITE = TaskSuite("", TASKS, TASK_PROMPT_PATTERNS, HELDOUT_SEED, HELDOUT_PER_TASK, TRAINING_MIX)
+SUITE = TaskSuite(
+    "", TASKS, TASK_PROMPT_PATTERNS, TASK_FORMATS, HELDOUT_SEED, HELDOUT_PER_TASK, TRAINING_MIX
+)
 """The 24-token suite of llada-ref and dream-ref."""
 
 

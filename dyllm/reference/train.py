@@ -29,13 +29,12 @@ from dyllm.reference.encoding import DEFAULT_GEN_LENGTH, collate
 from dyllm.reference.export import export_checkpoint
 from dyllm.reference.long_tasks import (
     LONG_ANSWER_LENGTH,
-    LONG_TASK_NAMES,
-    long_heldout_problems,
+    SUITES,
     long_training_stream,
 )
 from dyllm.reference.objective import diffusion_loss
 from dyllm.reference.quick_eval import quick_score
-from dyllm.reference.tasks import TASK_NAMES, Problem, heldout_problems, training_stream
+from dyllm.reference.tasks import Problem, training_stream
 from dyllm.reference.vocab import VOCAB_SIZE, build_tokenizer, special_token_ids
 
 STATE_FILE = "train_state.pt"
@@ -91,19 +90,14 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
 
 
-SUITES = ("short", "long")
-"""`short`: the 24-token suite (`dyllm.reference.tasks`); `long`: the 128-token one
-(`dyllm.reference.long_tasks`)."""
-
 LONG_MAX_POSITIONS = 512
 """Position limit written into a long-suite model's config (prompt 137 + answer 128 fit)."""
 
 
 def suite_quick_problems(suite: str, per_task: int) -> list[Problem]:
     """The first `per_task` held-out problems of each task of `suite`, for the quick evals."""
-    if suite == "long":
-        return [p for name in LONG_TASK_NAMES for p in long_heldout_problems(name)[:per_task]]
-    return [p for name in TASK_NAMES for p in heldout_problems(name)[:per_task]]
+    tasks = SUITES[suite]
+    return [p for name in tasks.names for p in tasks.heldout(name)[:per_task]]
 
 
 def batches(seed: int, batch_size: int, skip: int, suite: str = "short") -> Iterator[list[Problem]]:
@@ -122,7 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--family", choices=("llada", "dream"), required=True)
     parser.add_argument(
         "--suite",
-        choices=SUITES,
+        choices=tuple(SUITES),
         default="short",
         help="task suite: short (24-token answers) or long (128-token answers)",
     )
