@@ -327,6 +327,34 @@ def _moe_layer_freq(raw: dict[str, Any], num_layers: int) -> tuple[bool, ...]:
     return tuple(v == 1 for v in value)
 
 
+def _read_shared(
+    raw: dict[str, Any],
+    hidden: int,
+    heads: int,
+    layers: int,
+    head_dim: int,
+    default_rms_norm_eps: float,
+) -> dict[str, Any]:
+    """The fields both MoE families read under the same keys (their shapes, RoPE, norm and
+    special tokens), checked, as MoEModelConfig arguments."""
+    return {
+        "vocab_size": _integer(raw, "vocab_size"),
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "num_heads": heads,
+        "num_kv_heads": _integer(raw, "num_key_value_heads", heads),
+        "head_dim": head_dim,
+        "rope_theta": _number(raw, "rope_theta", 10000.0),
+        "rms_norm_eps": _number(raw, "rms_norm_eps", default_rms_norm_eps),
+        "max_position_embeddings": _integer(raw, "max_position_embeddings"),
+        "tie_word_embeddings": _flag(raw, "tie_word_embeddings", False),
+        "torch_dtype": _dtype(raw),
+        "mask_token_id": _integer(raw, "mask_token_id", MOE_MASK_TOKEN_ID, minimum=0),
+        "eos_token_id": _integer(raw, "eos_token_id", MOE_EOS_TOKEN_ID, minimum=0),
+        "pad_token_id": _integer(raw, "pad_token_id", None, minimum=0),
+    }
+
+
 def _read_llada_moe(raw: dict[str, Any]) -> MoEModelConfig:
     _refuse(raw, "attention_bias", False, "LLaDA-MoE with attention biases")
     hidden = _integer(raw, "hidden_size")
@@ -341,15 +369,9 @@ def _read_llada_moe(raw: dict[str, Any]) -> MoEModelConfig:
             "to the shared expert's size"
         )
     moe_layers = _moe_layer_freq(raw, layers)
-    eos = _integer(raw, "eos_token_id", MOE_EOS_TOKEN_ID, minimum=0)
     return MoEModelConfig(
         family="llada_moe",
-        vocab_size=_integer(raw, "vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=_integer(raw, "num_key_value_heads", heads),
-        head_dim=head_dim,
+        **_read_shared(raw, hidden, heads, layers, head_dim, default_rms_norm_eps=1e-5),
         dense_intermediate_size=_integer(raw, "dense_intermediate_size", None)
         if not all(moe_layers)
         else None,
@@ -368,14 +390,6 @@ def _read_llada_moe(raw: dict[str, Any]) -> MoEModelConfig:
         fused_qkv=False,
         qkv_bias=False,
         clip_qkv=_clip_qkv(raw),
-        rope_theta=_number(raw, "rope_theta", 10000.0),
-        rms_norm_eps=_number(raw, "rms_norm_eps", 1e-5),
-        max_position_embeddings=_integer(raw, "max_position_embeddings"),
-        tie_word_embeddings=_flag(raw, "tie_word_embeddings", False),
-        torch_dtype=_dtype(raw),
-        mask_token_id=_integer(raw, "mask_token_id", MOE_MASK_TOKEN_ID, minimum=0),
-        eos_token_id=eos,
-        pad_token_id=_integer(raw, "pad_token_id", None, minimum=0),
         ignored_keys=_ignored(raw, LLADA_MOE_IGNORED_KEYS),
     )
 
@@ -414,12 +428,7 @@ def _read_llada2(raw: dict[str, Any]) -> MoEModelConfig:
         )
     return MoEModelConfig(
         family="llada2",
-        vocab_size=_integer(raw, "vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=_integer(raw, "num_key_value_heads", heads),
-        head_dim=head_dim,
+        **_read_shared(raw, hidden, heads, layers, head_dim, default_rms_norm_eps=1e-6),
         dense_intermediate_size=_integer(raw, "intermediate_size") if first_dense else None,
         moe_layers=tuple(i >= first_dense for i in range(layers)),
         num_experts=experts,
@@ -436,13 +445,5 @@ def _read_llada2(raw: dict[str, Any]) -> MoEModelConfig:
         fused_qkv=True,
         qkv_bias=_flag(raw, "use_qkv_bias", False),
         clip_qkv=None,
-        rope_theta=_number(raw, "rope_theta", 10000.0),
-        rms_norm_eps=_number(raw, "rms_norm_eps", 1e-6),
-        max_position_embeddings=_integer(raw, "max_position_embeddings"),
-        tie_word_embeddings=_flag(raw, "tie_word_embeddings", False),
-        torch_dtype=_dtype(raw),
-        mask_token_id=_integer(raw, "mask_token_id", MOE_MASK_TOKEN_ID, minimum=0),
-        eos_token_id=_integer(raw, "eos_token_id", MOE_EOS_TOKEN_ID, minimum=0),
-        pad_token_id=_integer(raw, "pad_token_id", None, minimum=0),
         ignored_keys=_ignored(raw, LLADA2_IGNORED_KEYS),
     )
