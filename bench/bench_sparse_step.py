@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import dyllm
+from dyllm.bench.flops import step_flops
 from dyllm.bench.timing import StepTimes
 from dyllm.engine import SaliencyDenoiser
 from dyllm.generation import DenseDenoiser, StepContext
@@ -42,32 +43,6 @@ from dyllm.models import DiffusionTransformer, ModelConfig
 from dyllm.policies import CosineThreshold, SaliencyPolicy, TopK
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def step_flops(config: ModelConfig, rows: int, queries: int, counts, window: int) -> float:
-    """Multiply-adds x 2 of one step: `counts` per layer (refreshed, selected) or None = dense.
-
-    window: rows that get logits (the current block, for dense and sparse steps alike).
-    """
-    d, hd, kvd = (
-        config.hidden_size,
-        config.num_heads * config.head_dim,
-        (config.num_kv_heads * config.head_dim),
-    )
-    f = config.intermediate_size
-    total = 0.0
-    for layer in range(config.num_layers):
-        refreshed, selected = (rows, rows) if counts is None else counts[layer]
-        q_rows = rows if counts is None else queries
-        total += q_rows * d * hd * 2  # q_proj and o_proj
-        total += refreshed * d * kvd * 2  # k_proj and v_proj
-        total += q_rows * rows * hd  # scores
-        total += (rows if counts is None else refreshed) * rows * hd  # exact P V rows
-        if counts is not None:
-            total += q_rows * refreshed * hd  # approximate P dV columns
-        total += selected * 3 * d * f  # SwiGLU
-    total += window * d * config.vocab_size  # LM head
-    return 2 * total
 
 
 def run_policy(model, prompt, policy: SaliencyPolicy | None, options: dict) -> dict:
@@ -137,8 +112,9 @@ def interleaved_steps(model, args, fraction: float, repeats: int, batch: int) ->
             (round(a * rows), round(f * rows))
             for a, f in zip(entry["attention"], entry["ffn"], strict=True)
         ]
-        flops[name] = step_flops(config, rows, round(entry["queries"] * rows), counts, args.block)
-    dense_flops = step_flops(config, rows, rows, None, args.block)
+        queries = round(entry["queries"] * rows)
+        flops[name] = step_flops(config, rows, queries, counts, args.block, approximate=True)
+    dense_flops = step_flops(config, rows, rows, None, args.block, approximate=False)
     median = {name: statistics.median(values) for name, values in times.items()}
     schedule = (3 * median["sparse_response"] + median["sparse_whole"]) / 4
     schedule_flops = (3 * flops["sparse_response"] + flops["sparse_whole"]) / 4
@@ -227,7 +203,7 @@ def main() -> None:
 
     rows = args.prompt + args.gen
     dense_step = runs["dense"]["median_dense_step_s"]
-    dense_flops = step_flops(config, rows, rows, None, args.block)
+    dense_flops = step_flops(config, rows, rows, None, args.block, approximate=False)
     table = []
     for name, run in runs.items():
         sparse_step = run["median_sparse_step_s"]
@@ -247,6 +223,7 @@ def main() -> None:
                         for a, f in zip(entry["attention"], entry["ffn"], strict=True)
                     ],
                     args.block,
+                    approximate=True,  # DyLLM and top-k update the other rows approximately
                 )
                 for entry in sparse_entries
             ]
