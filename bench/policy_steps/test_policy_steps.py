@@ -144,6 +144,8 @@ def test_dense_step(benchmark, model, shape) -> None:
     ctx = _context(shape, x, 1, None)
     with torch.no_grad():
         benchmark.pedantic(dense, args=(x, ctx), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: one untimed call, nothing to record
+        return
     benchmark.extra_info["flops"] = step_flops(
         model.config, shape.length, shape.length, None, shape.block, False
     )
@@ -164,6 +166,8 @@ def test_sparse_step(benchmark, model, shape, name: str) -> None:
     denoiser = setup.denoiser  # type: ignore[attr-defined]
     entry = denoiser.statistics.trace[-1]
     assert not entry["dense"], f"{name}: the timed step was dense"
+    if benchmark.disabled:  # --benchmark-disable: the step ran once, untimed
+        return
     rows = shape.length
     counts = [
         (round(a * rows), round(f * rows))
