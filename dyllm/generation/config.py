@@ -184,9 +184,11 @@ def apply_aliases(options: Mapping[str, Any]) -> dict[str, Any]:
 
 UNSUPPORTED_OPTIONS = {
     "eos_penalty": (
-        "Dream-Coder's generation code takes eos_penalty (its README uses 3.0), but how it acts "
-        "was not established from its files, so dyllm does not implement it; run without it "
-        "(Dream's sampler then runs as Dream-v0's)"
+        "Dream-Coder's generation code takes eos_penalty (its README uses 3.0), but that code "
+        "ships only in its Hugging Face repository (generation_utils.py; the public GitHub "
+        "repository DreamLM/Dream-Coder only passes the value through the model config for RL "
+        "rollouts), so how it acts is not established and dyllm does not implement it; run "
+        "without it (Dream's sampler then runs as Dream-v0's)"
     ),
 }
 """Options of official samplers that dyllm knowingly does not implement, with the reason."""
