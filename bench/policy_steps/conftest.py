@@ -8,6 +8,9 @@ enough that matmuls rather than per-op overheads make up most of a dense step; i
 the committed results. `DYLLM_POLICY_SHAPE=d1024-b1` (or `d1024-b16`) selects the issue-13 shape
 instead (d_model 1024, 8 layers, 16 heads, SwiGLU 3072, vocabulary 32,000, prompt 128 + answer
 256, blocks of 32, batch 1 or 16): minutes a policy on one thread, not for routine runs.
+`DYLLM_POLICY_SHAPE=long-b1` (or `long-b16`) is the long-answer yardstick's shape (llada-long:
+d_model 128, 4 layers, 4 heads of 32, SwiGLU 384, vocabulary 128; a 136-token prompt, the width
+of its `triple` prompts, and a 128-token answer in blocks of 32), with random weights.
 `DYLLM_BENCH_ROUNDS` sets the timed rounds (default 9).
 """
 
@@ -72,6 +75,20 @@ SHAPES: dict[str, Shape] = {
             heads=16,
             ffn=3072,
             vocab=32000,
+        )
+        for batch in (1, 16)
+    },
+    **{
+        f"long-b{batch}": Shape(
+            batch=batch,
+            prompt=136,
+            answer=128,
+            block=32,
+            hidden=128,
+            layers=4,
+            heads=4,
+            ffn=384,
+            vocab=128,
         )
         for batch in (1, 16)
     },
