@@ -30,7 +30,7 @@ def load(
     *,
     tensor_parallel: int = 1,
 ) -> DiffusionTransformer:
-    """Load a LLaDA or Dream checkpoint folder, or a built-in model by name.
+    """Load a LLaDA, Dream, LLaDA-MoE or LLaDA2 folder, or a built-in model by name.
 
     See `dyllm.models.load` for what is checked and which errors a bad folder gets
     (`check_finite=False` skips the scan for NaN and infinite weights). The model carries its

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from dyllm.models.keymaps import moe_checkpoint_shapes
+from dyllm.models.config import ModelConfig
 from dyllm.models.moe_config import read_moe_config
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -103,3 +103,71 @@ def write_tiny_moe_checkpoint(family: str, folder: Path, seed: int = 0) -> dict[
     (folder / "config.json").write_text(json.dumps(raw, indent=2))
     save_file(tensors, str(folder / "model.safetensors"))
     return tensors
+
+
+def moe_checkpoint_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every checkpoint key of a LLaDA-MoE or LLaDA2 checkpoint and its shape.
+
+    Written from the reference's key lists, independently of `dyllm.models.keymaps` (which the
+    loader reads), so a checkpoint written from this table tests the loader's key maps.
+
+    The real layouts (REFERENCE-families.md, "Checkpoint key names"): LLaDA-MoE keeps
+    `model.layers.{i}.self_attn.{q,k,v,o}_proj`, `q_norm`/`k_norm` (if qk_layernorm),
+    `mlp.gate` (router), `mlp.expert_bias` (if enabled), `mlp.experts.{e}.*` and a shared
+    expert on the layer (`shared_expert.*`, not under mlp); LLaDA2 keeps
+    `model.word_embeddings`, a fused `attention.query_key_value`, `query_layernorm` /
+    `key_layernorm`, `attention.dense`, `mlp.gate` with `mlp.gate.expert_bias`, `mlp.experts.{e}.*`
+    and `mlp.shared_experts.*`. Dense layers are `mlp.{gate,up,down}_proj` in both.
+    """
+    d, hd = config.hidden_size, config.head_dim
+    q, kv = config.num_heads * hd, config.num_kv_heads * hd
+    llada2 = config.family == "llada2"
+    experts = config.experts
+    assert experts is not None
+    shapes: dict[str, tuple[int, ...]] = {
+        ("model.word_embeddings.weight" if llada2 else "model.embed_tokens.weight"): (
+            config.vocab_size,
+            d,
+        ),
+        "model.norm.weight": (d,),
+    }
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, d)
+
+    def swiglu(prefix: str, width: int) -> None:
+        shapes[prefix + "gate_proj.weight"] = (width, d)
+        shapes[prefix + "up_proj.weight"] = (width, d)
+        shapes[prefix + "down_proj.weight"] = (d, width)
+
+    for i, moe in enumerate(experts.moe_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (d,)
+        shapes[p + "post_attention_layernorm.weight"] = (d,)
+        if llada2:
+            shapes[p + "attention.query_key_value.weight"] = (q + 2 * kv, d)
+            if config.qkv_bias:
+                shapes[p + "attention.query_key_value.bias"] = (q + 2 * kv,)
+            shapes[p + "attention.dense.weight"] = (d, q)
+            if config.qk_norm:
+                shapes[p + "attention.query_layernorm.weight"] = (hd,)
+                shapes[p + "attention.key_layernorm.weight"] = (hd,)
+        else:
+            for name, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+                shapes[p + f"self_attn.{name}.weight"] = (rows, d)
+            shapes[p + "self_attn.o_proj.weight"] = (d, q)
+            if config.qk_norm:
+                shapes[p + "self_attn.q_norm.weight"] = (hd,)
+                shapes[p + "self_attn.k_norm.weight"] = (hd,)
+        if not moe:
+            swiglu(p + "mlp.", config.intermediate_size)
+            continue
+        shapes[p + "mlp.gate.weight"] = (experts.num_experts, d)
+        if experts.expert_bias:
+            bias_key = "mlp.gate.expert_bias" if llada2 else "mlp.expert_bias"
+            shapes[p + bias_key] = (experts.num_experts,)
+        for e in range(experts.num_experts):
+            swiglu(p + f"mlp.experts.{e}.", experts.expert_intermediate_size)
+        if experts.shared_expert_intermediate_size is not None:
+            shared = "mlp.shared_experts." if llada2 else "shared_expert."
+            swiglu(p + shared, experts.shared_expert_intermediate_size)
+    return shapes

@@ -7,6 +7,10 @@ index) waits for the launch queue to drain. `SyncCounter` (`tests/sync_counter.p
 layer loop: none allowed) and over whole generations of tiny models with 2 and with 6 layers
 (the count must not grow with depth). Under tensor parallelism the same holds
 (`tests/test_tensor_parallel.py`).
+
+Mixture-of-experts layers (LLaDA-MoE, LLaDA2) are the documented exception: the grouped expert
+matmuls are sized by the rows each expert got, read back once per MoE layer
+(`dyllm.kernels.moe.grouped_experts`, docs/architecture.md), and nothing else is.
 """
 
 from __future__ import annotations
@@ -72,6 +76,31 @@ def test_no_read_back_inside_the_layer_loop(family, policy, monkeypatch):
     dyllm.generate(model, PROMPTS, policy=policy, **OPTIONS)
     assert counts, "the policy ran no sparse step"
     assert all(not calls for calls in counts), [dict(c) for c in counts if c]
+
+
+@pytest.mark.parametrize("family", ["llada_moe", "llada2"])
+def test_moe_layers_read_back_once_each(family, monkeypatch, tmp_path):
+    from tests.moe_checkpoints import write_tiny_moe_checkpoint
+
+    counts: list[Counter[str]] = []
+    original = SparseStep.run
+
+    def counted_run(self, *args, **kwargs):
+        with SyncCounter() as counter:
+            logits = original(self, *args, **kwargs)
+        counts.append(counter.calls)
+        return logits
+
+    monkeypatch.setattr(SparseStep, "run", counted_run)
+    write_tiny_moe_checkpoint(family, tmp_path / family)
+    model = dyllm.load(tmp_path / family, dtype="float32")
+    moe_layers = sum(layer.is_moe for layer in model.layers)
+    prompts = [[5, 17, 33, 8], [9, 4, 61, 2, 60, 12]]  # the tiny vocabulary has 64 ids
+    dyllm.generate(model, prompts, policy=TopK(0.25, warmup_steps=2), sampler="llada", **OPTIONS)
+    assert counts, "the policy ran no sparse step"
+    # one rows-per-expert read-back for each MoE layer the selection reaches, nothing else
+    assert all(set(calls) <= {"tolist"} and calls["tolist"] <= moe_layers for calls in counts)
+    assert any(calls["tolist"] == moe_layers for calls in counts)
 
 
 def _syncs_per_generation(num_layers: int, policy, family: str) -> tuple[int, int]:

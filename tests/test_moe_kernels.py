@@ -1,5 +1,6 @@
-"""Both routers, the grouped expert FFN, QK-norm, partial RoPE, the fused-QKV split and the
-block-causal mask, each held to a plain restatement of its definition (REFERENCE-families.md)."""
+"""Both routers, the grouped expert FFN, the MoE FFN module, QK-norm, partial RoPE, a MoE layer's
+attention stages (QK-norm, partial RoPE, fused QKV) and the block-causal mask, each held to a
+plain restatement of its definition (REFERENCE-families.md)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,14 @@ import math
 import pytest
 import torch
 
-from dyllm.kernels.attention_variants import (
-    apply_partial_rope,
-    block_causal_mask,
-    partial_rope_angles,
-    qk_norm,
-    rotary_dimension,
-    split_fused_qkv,
-)
+from dyllm.kernels.attention_variants import block_causal_mask, qk_norm
 from dyllm.kernels.moe import (
     grouped_experts,
     naive_experts,
     route_sigmoid_grouped,
     route_softmax_topk,
 )
+from dyllm.kernels.primitives import apply_rope, rope_angles
 
 
 def make_experts(count: int, hidden: int, width: int, dtype=torch.float32, seed: int = 0):
@@ -179,36 +174,18 @@ def rope_by_definition(x, positions, rotary_dim, theta):
     return out
 
 
+@pytest.mark.parametrize("full_precision", [False, True])
 @pytest.mark.parametrize("factor", [0.5, 1.0, 0.25])
-def test_partial_rope_follows_its_definition(factor: float) -> None:
+def test_partial_rope_follows_its_definition(factor: float, full_precision: bool) -> None:
     head_dim = 16
-    rotary = rotary_dimension(head_dim, factor)
+    rotary = int(head_dim * factor)
     x = torch.randn(1, 2, 6, head_dim)
     positions = torch.arange(6)[None]
-    cos, sin = partial_rope_angles(positions, rotary, 600000.0)
-    out = apply_partial_rope(x, cos, sin)
+    cos, sin = rope_angles(positions, rotary, 600000.0)
+    out = apply_rope(x, cos, sin, full_precision)
     expected = rope_by_definition(x, positions[0], rotary, 600000.0)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(out[..., rotary:], x[..., rotary:])
-
-
-def test_rotary_dimension_is_checked() -> None:
-    assert rotary_dimension(128, 0.5) == 64
-    with pytest.raises(ValueError, match="even number"):
-        rotary_dimension(10, 0.3)
-
-
-def test_fused_qkv_split_is_all_q_then_all_k_then_all_v() -> None:
-    heads, kv, head_dim = 4, 2, 3
-    rows = torch.arange((heads + 2 * kv) * head_dim).float()
-    qkv = rows.expand(1, 5, -1)
-    q, k, v = split_fused_qkv(qkv, heads, kv, head_dim)
-    assert q.shape == (1, heads, 5, head_dim) and k.shape == v.shape == (1, kv, 5, head_dim)
-    assert q[0, 1, 0].tolist() == [3.0, 4.0, 5.0]
-    assert k[0, 0, 0].tolist() == [12.0, 13.0, 14.0]
-    assert v[0, 1, 0].tolist() == [21.0, 22.0, 23.0]
-    with pytest.raises(ValueError, match="fused QKV width"):
-        split_fused_qkv(qkv, heads, kv, 2)
 
 
 def test_block_causal_mask() -> None:
@@ -279,12 +256,10 @@ def test_moe_module_equals_its_definition(family, changes, dtype) -> None:
 
     torch.manual_seed(5)
     config = tiny_moe_config(family, **changes)
-    module = MoEFeedForward(config)
+    module = MoEFeedForward(config.experts, config.hidden_size)
     if module.expert_bias is not None:
         module.expert_bias.copy_(torch.randn(8) * 0.05)
     module = module.to(dtype)
-    if module.expert_bias is not None:
-        module.expert_bias = module.expert_bias.float()
     x = torch.randn(2, 5, 16).to(dtype)
     out = module(x)
     assert out.shape == x.shape and out.dtype == dtype
@@ -316,37 +291,18 @@ def test_moe_module_equals_its_definition(family, changes, dtype) -> None:
     torch.testing.assert_close(out.reshape(-1, 16), expected, **tolerance)
 
 
-def test_moe_module_names_match_the_key_map() -> None:
-    from dyllm.models.keymaps import moe_checkpoint_shapes
-    from dyllm.models.moe import MoEFeedForward
-
-    for family in ("llada_moe", "llada2"):
-        config = tiny_moe_config(family, moe_router_enable_expert_bias=True)
-        module = MoEFeedForward(config)
-        keys = moe_checkpoint_shapes(config)
-        prefix = "model.layers.1.mlp."
-        for name, tensor in module.state_dict().items():
-            if name.startswith("shared_expert."):
-                continue
-            key = prefix + ("gate.expert_bias" if family == "llada2" else "expert_bias")
-            key = key if name == "expert_bias" else prefix + name
-            assert keys[key] == tuple(tensor.shape), (family, name)
-
-
-def attention_by_definition(module, x, attention=None):
+def attention_by_definition(layer, x):
     """Per head, from the definition: project, QK-norm, RoPE by angle, softmax(q k^T / sqrt D)."""
-    c = module.config
+    c = layer.config
     hd, heads, kv_heads = c.head_dim, c.num_heads, c.num_kv_heads
     x64 = x.double()
     if c.fused_qkv:
-        fused = x64 @ module.query_key_value.weight.double().T
+        fused = x64 @ layer.qkv_proj.weight.double().T
         q_all, k_all, v_all = fused.split([heads * hd, kv_heads * hd, kv_heads * hd], -1)
-        q_norm, k_norm, out_proj = module.query_layernorm, module.key_layernorm, module.dense
     else:
-        q_all = x64 @ module.q_proj.weight.double().T
-        k_all = x64 @ module.k_proj.weight.double().T
-        v_all = x64 @ module.v_proj.weight.double().T
-        q_norm, k_norm, out_proj = module.q_norm, module.k_norm, module.o_proj
+        q_all = x64 @ layer.q_proj.weight.double().T
+        k_all = x64 @ layer.k_proj.weight.double().T
+        v_all = x64 @ layer.v_proj.weight.double().T
     length = x.shape[1]
     positions = torch.arange(length)
     outputs = []
@@ -355,51 +311,33 @@ def attention_by_definition(module, x, attention=None):
         q = q_all[0, :, h * hd : (h + 1) * hd]
         k = k_all[0, :, g * hd : (g + 1) * hd]
         v = v_all[0, :, g * hd : (g + 1) * hd]
-        q = (
-            q_norm.weight.double()
-            * q
-            / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps)
-        )
-        k = (
-            k_norm.weight.double()
-            * k
-            / torch.sqrt(k.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps)
-        )
+        q = layer.q_norm.weight.double() * q / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + 1e-5)
+        k = layer.k_norm.weight.double() * k / torch.sqrt(k.pow(2).mean(-1, keepdim=True) + 1e-5)
         q = rope_by_definition(q, positions, c.rotary_dim, c.rope_theta)
         k = rope_by_definition(k, positions, c.rotary_dim, c.rope_theta)
         scores = q @ k.T / math.sqrt(hd)
-        if attention is not None:
-            scores = scores.masked_fill(~attention, float("-inf"))
         outputs.append(torch.softmax(scores, -1) @ v)
-    return torch.cat(outputs, -1) @ out_proj.weight.double().T
+    return torch.cat(outputs, -1) @ layer.o_proj.weight.double().T
 
 
 @pytest.mark.parametrize("family", ["llada_moe", "llada2"])
-@pytest.mark.parametrize("block_causal", [False, True])
-def test_moe_attention_equals_its_definition(family, block_causal) -> None:
-    from dyllm.models.moe_attention import MoEAttention
+def test_moe_attention_stages_equal_their_definition(family) -> None:
+    """A MoE layer's attention stages (QK-norm before partial RoPE, fused QKV for LLaDA2), as the
+    one forward strings them together, against the per-head definition."""
+    from dyllm.models.transformer import DecoderLayer
 
     torch.manual_seed(6)
     changes = {"qk_layernorm": True} if family == "llada_moe" else {"partial_rotary_factor": 0.5}
-    config = tiny_moe_config(family, rope_theta=1000.0, **changes)
+    config = tiny_moe_config(family, rope_theta=1000.0, rms_norm_eps=1e-5, **changes)
     assert config.qk_norm and config.rotary_dim == (8 if family == "llada_moe" else 4)
-    module = MoEAttention(config)
+    assert config.fused_qkv == (family == "llada2")
+    layer = DecoderLayer(config, index=1)
     with torch.no_grad():
-        for parameter in module.parameters():
+        for parameter in layer.parameters():
             parameter.normal_()
     x = torch.randn(1, 7, 16)
-    attention = block_causal_mask(7, 3, torch.device("cpu")) if block_causal else None
-    out = module(x, attention=attention)
-    expected = attention_by_definition(module, x, attention)
-    torch.testing.assert_close(out[0].double(), expected, rtol=1e-4, atol=1e-4)
-
-
-def test_moe_attention_names_match_the_key_map() -> None:
-    from dyllm.models.keymaps import moe_checkpoint_shapes
-    from dyllm.models.moe_attention import MoEAttention
-
-    for family, prefix in (("llada_moe", "self_attn."), ("llada2", "attention.")):
-        config = tiny_moe_config(family, qk_layernorm=True)
-        keys = moe_checkpoint_shapes(config)
-        for name, tensor in MoEAttention(config).state_dict().items():
-            assert keys["model.layers.0." + prefix + name] == tuple(tensor.shape), name
+    cos, sin = rope_angles(torch.arange(7)[None], config.rotary_dim, config.rope_theta)
+    out = layer.attention_output(layer.attend(*layer.project_qkv(x, cos, sin), None))
+    torch.testing.assert_close(
+        out[0].double(), attention_by_definition(layer, x), rtol=1e-4, atol=1e-4
+    )

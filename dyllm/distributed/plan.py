@@ -19,7 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dyllm.models.config import ModelConfig
-from dyllm.models.parallel import Communicator, TensorParallelShard, split_problem, valid_sizes
+from dyllm.models.parallel import (
+    Communicator,
+    TensorParallelShard,
+    split_problem,
+    unsplittable,
+    valid_sizes,
+)
 
 
 class TensorParallelError(ValueError):
@@ -100,6 +106,9 @@ def plan_tensor_parallel(config: ModelConfig, world_size: int) -> TensorParallel
         raise TensorParallelError(
             f"the tensor-parallel size is a number of processes, at least 1; got {world_size!r}"
         )
+    refusal = unsplittable(config)
+    if refusal is not None:
+        raise TensorParallelError(refusal)
     problem = split_problem(config, world_size)
     if problem:
         sizes = ", ".join(map(str, valid_sizes(config)))

@@ -34,6 +34,7 @@ from dyllm.engine.sparse_step import (
 from dyllm.engine.statistics import RecomputeStatistics
 from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.step import StepContext
+from dyllm.models.config import ModelConfig
 from dyllm.models.transformer import DiffusionTransformer
 from dyllm.policies.base import SaliencyPolicy, StepPlan
 
@@ -70,7 +71,9 @@ class SaliencyDenoiser(Denoiser):
         self.policy = policy
         self.check_invariants = check_invariants
         self.cache: CacheManager | None = None
-        self.statistics = RecomputeStatistics(model.config.num_layers, trace=trace)
+        self.statistics = RecomputeStatistics(
+            model.config.num_layers, trace=trace, experts_per_row=experts_per_row(model.config)
+        )
         self.capacity_retries = 0
         self._needed_fraction: list[float] | None = None
         policy.reset(model.config.num_layers)
@@ -270,3 +273,13 @@ def row_capacity_mode(device: torch.device) -> str:
     if choice == "auto":
         return "read-back" if device.type == "cpu" else "planned"
     return choice
+
+
+def experts_per_row(config: ModelConfig) -> list[int] | None:
+    """Per layer, the experts one row's FFN runs through: top-k routed plus the shared expert on
+    a mixture-of-experts layer, 0 on a dense one; None for a model without experts."""
+    experts = config.experts
+    if experts is None:
+        return None
+    per_row = experts.num_experts_per_tok + (experts.shared_expert_intermediate_size is not None)
+    return [per_row if moe else 0 for moe in experts.moe_layers]

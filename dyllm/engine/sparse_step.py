@@ -9,8 +9,9 @@ Per layer, for the step's query rows (docs/sparse-step.md, docs/architecture.md)
    `C_old + softmax(q K^T / sqrt(d)) dV` (approximate) or `C_old` (frozen).
 3. The policy selects rows from the context cosine; the context cache becomes `C_new`.
 4. `h += o_proj(C_new)` (`attention_output`); the FFN runs on the selected rows only
-   (`gathered_ffn` kernel), the others reuse their cached output; `h += ffn_out`. The selected
-   rows are the next layer's incoming set.
+   (`gathered_ffn` kernel; on a mixture-of-experts layer the layer's `feed_forward` over the
+   gathered rows, so only they are routed and reach experts), the others reuse their cached
+   output; `h += ffn_out`. The selected rows are the next layer's incoming set.
 
 Rows that are not queries are not touched at all: their K/V, context and FFN output stay cached.
 
@@ -22,7 +23,9 @@ heads) added over the processes in float32 before they are combined, and so is t
 (each key/value head counted once), so every process hands its policy the same signals and the
 policy selects the same rows everywhere; with `check_invariants` the engine checks that it did.
 
-**No host synchronisation inside the layer loop** (on a GPU). Which rows a layer selects is only
+**No host synchronisation inside the layer loop** (on a GPU), except one per mixture-of-experts
+layer: the grouped expert matmuls are sized by how many rows each expert got
+(`dyllm.kernels.moe.grouped_experts` reads those counts back). Which rows a layer selects is only
 known on the device; reading a count back (`nonzero`, `int(mask.sum())`) would stall a GPU's
 launch queue at every layer. So each layer's row sets have a *capacity* fixed on the host before
 the step starts
@@ -308,7 +311,9 @@ class SparseStep:
         if keep_undo:
             undo.ffn_rows = FlatRows(ffn_slots.batch_index, positions, ffn_slots.valid)
             undo.old_ffn = buffers.ffn_out[ffn_slots.batch_index, positions]
-        if select_capacity:
+        if select_capacity and layer.is_moe:
+            _moe_rows(layer, h, ffn_slots, positions, buffers.ffn_out)
+        elif select_capacity:
             gathered_ffn(h, ffn_slots, positions, layer.feed_forward_weights(), buffers.ffn_out)
         cache.mark_written(index, "ffn_out", selected)
         cache.assert_written(index, "ffn_out", queries.mask)
@@ -395,6 +400,22 @@ def check_same_rows(
             "signals, which are the same on every process (no unseeded randomness, no state "
             "that differs between processes)"
         )
+
+
+def _moe_rows(
+    layer: DecoderLayer,
+    hidden: torch.Tensor,
+    rows: FlatRows,
+    positions: torch.Tensor,
+    ffn_out: torch.Tensor,
+) -> None:
+    """A mixture-of-experts layer's FFN on the selected rows only: they alone are routed and run
+    through their experts (the layer's own `feed_forward` stage), and their outputs are written
+    into the FFN-output cache [B, L, d] at (rows.batch_index, positions) where valid; every other
+    row keeps its cached output. hidden: [B, Q, d]; rows, positions: [N]."""
+    fresh = layer.feed_forward(rows.gather(hidden))  # [N, d]
+    old = ffn_out[rows.batch_index, positions]
+    ffn_out[rows.batch_index, positions] = torch.where(rows.valid[:, None], fresh, old)
 
 
 def _batch_column(index: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,11 @@ all steps, so a dense run reports 1.0 everywhere. The overall computed-token rat
 fraction averaged over layers: the share of the dense FFN work that was done. With `trace=True`
 the per-step fractions are kept too: query rows, and per layer attention and FFN (`dyllm trace`
 draws them).
+
+On a mixture-of-experts model the FFN work of a row depends on its layer: `experts_per_row[l]`
+expert passes (top-k routed experts, plus the shared expert when there is one; 0 on a dense
+layer), so the summary adds `expert_rows_per_layer` (rows x experts actually computed, summed
+over steps) and `expert_fraction` (their total over a dense run's).
 """
 
 from __future__ import annotations
@@ -16,8 +21,12 @@ from typing import Any
 class RecomputeStatistics:
     """Accumulates per-layer recompute counts over the steps of one generate call."""
 
-    def __init__(self, num_layers: int, trace: bool = False) -> None:
+    def __init__(
+        self, num_layers: int, trace: bool = False, experts_per_row: list[int] | None = None
+    ) -> None:
         self.num_layers = num_layers
+        self.experts_per_row = experts_per_row
+        """Per layer, the experts one FFN row passes through (None: a model without experts)."""
         self.rows_seen = 0
         self.refreshed = [0] * num_layers
         self.selected = [0] * num_layers
@@ -68,6 +77,13 @@ class RecomputeStatistics:
             "ffn_fraction_per_layer": ffn,
             "computed_token_ratio": sum(ffn) / max(len(ffn), 1),
         }
+        if self.experts_per_row is not None:
+            expert_rows = [
+                rows * experts
+                for rows, experts in zip(self.selected, self.experts_per_row, strict=True)
+            ]
+            summary["expert_rows_per_layer"] = expert_rows
+            summary["expert_fraction"] = sum(expert_rows) / max(seen * sum(self.experts_per_row), 1)
         if self.trace is not None:
             summary["trace"] = self.trace
         return summary

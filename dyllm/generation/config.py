@@ -36,6 +36,10 @@ from dataclasses import dataclass
 from typing import Any
 
 SAMPLERS = ("llada", "dream")
+FAMILY_SAMPLERS = {"llada": "llada", "dream": "dream", "llada_moe": "llada"}
+"""The sampler a model family runs by default: LLaDA-MoE's official sampler is LLaDA's
+`generate` (REFERENCE-families.md). LLaDA2's block-diffusion samplers are not wired yet, so it
+has no default (pass `sampler=`)."""
 REMASKING_RULES = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -219,7 +223,7 @@ def resolve_config(
     family: `model.config.family`; generation_defaults: `model.generation_defaults` (the
     checkpoint's generation_config.json as read, nulls included).
     """
-    sampler = config.sampler if config.sampler is not None else family
+    sampler = config.sampler if config.sampler is not None else FAMILY_SAMPLERS.get(family, family)
     if sampler not in SAMPLERS:
         if config.sampler is None:
             raise ValueError(

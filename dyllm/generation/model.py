@@ -18,7 +18,7 @@ class SamplerConfig(Protocol):
     """The fields of `model.config` the samplers and their checks read."""
 
     family: str
-    """"llada" or "dream": which reference sampler runs by default."""
+    """The model family: which reference sampler runs by default (`config.FAMILY_SAMPLERS`)."""
     vocab_size: int
     mask_token_id: int
     eos_token_id: int | None

@@ -15,6 +15,9 @@ Two routers, written from the official modeling code's behaviour (docs: REFERENC
 `grouped_experts` computes `sum_k w_k * expert_{idx_k}(x)` like an engine: the (row, slot) pairs
 are sorted by expert and each active expert runs one SwiGLU matmul over its rows; the weighted
 outputs are added back with `index_add_`. `naive_experts` is the per-row loop it is tested against.
+`grouped_experts` reads the rows-per-expert counts back to the host once per call (the loop over
+experts is sized by them): on a GPU that is one synchronisation per MoE layer and forward, the
+one the sparse step makes inside its layer loop on these models (docs/architecture.md).
 Shapes: x [N, d] (callers flatten batch and length), router logits [N, E], indices and weights
 [N, k].
 """
@@ -128,13 +131,19 @@ def grouped_experts(
     LLaDA2 sums in the router's float32), then cast to x's dtype. Experts with no rows cost
     nothing.
     """
-    _check_expert_input(x, indices, weights, experts)
+    _check_expert_shapes(x, indices, weights)
     dtype = accumulate_dtype or x.dtype
     out = torch.zeros(x.shape[0], x.shape[1], dtype=dtype, device=x.device)
     flat_experts = indices.reshape(-1)
     order = torch.argsort(flat_experts, stable=True)
     rows = order // indices.shape[1]
-    counts = torch.bincount(flat_experts, minlength=len(experts)).tolist()
+    # The one read-back: rows per expert (the loop below is sized by them), with the count of
+    # out-of-range indices in the same transfer so that bad input costs no second one.
+    outside = ((flat_experts < 0) | (flat_experts >= len(experts))).sum()
+    in_range = flat_experts.clamp(0, max(len(experts) - 1, 0))
+    counts = torch.cat([torch.bincount(in_range, minlength=len(experts)), outside[None]]).tolist()
+    if counts.pop():
+        raise ValueError(f"expert indices must be in [0, {len(experts)})")
     flat_weights = weights.reshape(-1)[order].to(dtype)
     start = 0
     for expert, count in enumerate(counts):
@@ -173,6 +182,12 @@ def naive_experts(
 def _check_expert_input(
     x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, experts: ExpertWeights
 ) -> None:
+    _check_expert_shapes(x, indices, weights)
+    if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < len(experts):
+        raise ValueError(f"expert indices must be in [0, {len(experts)})")
+
+
+def _check_expert_shapes(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"x must be [rows, hidden], got shape {tuple(x.shape)}")
     if indices.dim() != 2 or indices.shape[0] != x.shape[0]:
@@ -183,5 +198,3 @@ def _check_expert_input(
         raise ValueError(
             f"weights {tuple(weights.shape)} must have the shape of indices {tuple(indices.shape)}"
         )
-    if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < len(experts):
-        raise ValueError(f"expert indices must be in [0, {len(experts)})")

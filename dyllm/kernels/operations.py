@@ -30,9 +30,12 @@ def kv_update(
 ) -> torch.Tensor:
     """Rotate the keys, write the valid K/V rows into the caches, return dV [N, KV, D].
 
-    key_rows, value_rows: [N, KV*D]; cos, sin: float32 [N, D]; key_cache, value_cache:
-    [B, KV, L, D] (written in place).
+    key_rows, value_rows: [N, KV*D]; cos, sin: float32 [N, R] (R = D, or the rotary dims of a
+    partial RoPE, which always runs the eager reference); key_cache, value_cache: [B, KV, L, D]
+    (written in place).
     """
+    if backend is None and cos.shape[-1] != key_cache.shape[-1]:
+        backend = "eager"  # partial RoPE (LLaDA2): the Triton kernel rotates whole heads only
     run = implementation("kv_update", key_rows.device, backend)
     return run(key_rows, value_rows, cos, sin, rows, key_cache, value_cache, full_precision)
 

@@ -8,7 +8,8 @@ Both families use the same pieces with two numerical differences that matter for
 their tokens exactly:
 
 * RoPE precision. LLaDA (`full_precision`) rotates q and k in float32 and casts the result
-  back; Dream computes cos/sin in float32, casts them to the hidden dtype and rotates there.
+  back; Dream (and LLaDA-MoE, LLaDA2) compute cos/sin in float32, cast them to the hidden dtype
+  and rotate there. LLaDA2 rotates only the first `rotary_dim` dims of each head.
 * Everything else (RMSNorm in float32 then cast, then the weight; bidirectional softmax attention
   with scale 1/sqrt(head_dim); SwiGLU `down(silu(gate(x)) * up(x))`) is shared.
 
@@ -62,11 +63,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool
 ) -> torch.Tensor:
-    """Rotate `x: [B, H, L, D]` by angles `cos, sin: [B, L, D]` (float32).
+    """Rotate `x: [B, H, L, D]` by angles `cos, sin: [B, L, R]` (float32), R <= D even.
 
-    `full_precision` (LLaDA): rotate in float32 and cast back. Otherwise (Dream): cast cos/sin to
-    x's dtype and rotate in that dtype.
+    The first R dims of each head are rotated (rotate-half pairs i and i + R / 2) and the other
+    D - R pass through unchanged: R = D is ordinary RoPE, R < D the partial RoPE of LLaDA2.
+    `full_precision` (LLaDA): rotate in float32 and cast back. Otherwise (Dream, the MoE
+    families): cast cos/sin to x's dtype and rotate in that dtype.
     """
+    rotary = cos.shape[-1]
+    if rotary < x.shape[-1]:
+        rotated = apply_rope(x[..., :rotary], cos, sin, full_precision)
+        return torch.cat((rotated, x[..., rotary:]), dim=-1)
     cos, sin = cos[:, None], sin[:, None]
     if full_precision:
         x32 = x.float()

@@ -1,23 +1,30 @@
-"""One configuration for both model families, read from and written to their real `config.json`.
+"""One configuration for every model family, read from and written to their real `config.json`.
 
 LLaDA (OLMo-style keys such as `d_model`, `n_layers`, `mlp_hidden_size`) and Dream (Qwen2 keys such
 as `hidden_size`, `num_hidden_layers`, `intermediate_size`) describe the same network: a
 bidirectional pre-norm transformer with RoPE, RMSNorm and a SwiGLU FFN. Their differences
 become fields here (`qkv_bias`, `num_kv_heads`, `logit_shift`, `rope_full_precision`), so the
-model code has one path and no `if family == ...` branches. Unsupported variants of either format
-(ALiBi, LayerNorm, sliding windows, RoPE scaling, quantisation, ...) are refused with a message
-naming the key, and every value dyllm reads is checked for its type and range under the key's own
-name (`d_model must be an integer >= 1, got '128' (a string)`), so a damaged config.json fails
-when it is read, never later as a shape error or a silently wrong model.
+model code has one path and no `if family == ...` branches. The mixture-of-experts families
+(LLaDA-MoE, LLaDA2; read by `dyllm.models.moe_config`) are the same network with four more
+attention fields (`qk_norm`, `rotary_dim`, `fused_qkv`, `clip_qkv`) and an `experts` part
+(`ExpertConfig`: which layers are MoE, the router, the experts' widths). Unsupported variants of
+either format (ALiBi, LayerNorm, sliding windows, RoPE scaling, quantisation, ...) are refused
+with a message naming the key, and every value dyllm reads is checked for its type and range
+under the key's own name (`d_model must be an integer >= 1, got '128' (a string)`), so a damaged
+config.json fails when it is read, never later as a shape error or a silently wrong model.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-Family = Literal["llada", "dream"]
+if TYPE_CHECKING:
+    from dyllm.models.moe_config import ExpertConfig
+
+Family = Literal["llada", "dream", "llada_moe", "llada2"]
+FAMILIES = ("llada", "dream", "llada_moe", "llada2")
 
 MODEL_TYPES: dict[str, Family] = {"llada": "llada", "dream": "dream"}
 """`model_type` values of config.json (compared case-insensitively) and the family they load as."""
@@ -31,10 +38,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Shape and special tokens of a LLaDA- or Dream-layout model.
+    """Shape and special tokens of a LLaDA-, Dream-, LLaDA-MoE- or LLaDA2-layout model.
 
     `head_dim`, `qkv_bias`, `logit_shift` and `rope_full_precision` follow from the family
-    unless given.
+    unless given; `rotary_dim` 0 means the whole head. `intermediate_size` is the dense FFN's
+    width (0 when `experts` makes every layer a mixture of experts).
     """
 
     family: Family
@@ -58,17 +66,32 @@ class ModelConfig:
     head_dim: int = 0
     logit_shift: bool | None = None
     rope_full_precision: bool | None = None
+    qk_norm: bool = False
+    """Per-head RMSNorm (one [head_dim] weight) on q and k before RoPE."""
+    rotary_dim: int = 0
+    """RoPE on the first rotary_dim dims of each head (0: all of them)."""
+    fused_qkv: bool = False
+    """One query_key_value projection (rows: all Q heads, all K heads, all V heads)."""
+    clip_qkv: float | None = None
+    """Clamp q, k (after the QK-norm) and v to [-clip, clip]."""
+    experts: ExpertConfig | None = None
+    """The mixture-of-experts FFN and the layers that have it (None: every FFN is dense)."""
+    ignored_keys: tuple[str, ...] = ()
+    """config.json keys the official forward ignores, ignored here too (`dyllm info` lists them)."""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.family not in ("llada", "dream"):
-            raise ConfigError(f"family must be 'llada' or 'dream', got {self.family!r}")
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        all_moe = self.experts is not None and all(self.experts.moe_layers)
         for name in POSITIVE_INTEGER_FIELDS:
             check_integer(name, getattr(self, name), minimum=1)
+        check_integer("intermediate_size", self.intermediate_size, minimum=0 if all_moe else 1)
         check_integer("head_dim", self.head_dim, minimum=0)
+        check_integer("rotary_dim", self.rotary_dim, minimum=0)
         for name in POSITIVE_NUMBER_FIELDS:
             check_positive_number(name, getattr(self, name))
-        if self.num_heads <= 0 or self.hidden_size % self.num_heads:
+        if self.head_dim == 0 and self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads"
             )
@@ -81,6 +104,17 @@ class ModelConfig:
             self.head_dim = self.hidden_size // self.num_heads
         if self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        if self.rotary_dim == 0:
+            self.rotary_dim = self.head_dim
+        if self.rotary_dim % 2 or not 2 <= self.rotary_dim <= self.head_dim:
+            raise ConfigError(
+                f"{self.rotary_dim} rotary dims of head_dim {self.head_dim}: RoPE needs an even "
+                f"number in [2, {self.head_dim}] (check partial_rotary_factor)"
+            )
+        if self.experts is not None and len(self.experts.moe_layers) != self.num_layers:
+            raise ConfigError(
+                f"{len(self.experts.moe_layers)} MoE-layer flags for {self.num_layers} layers"
+            )
         if self.qkv_bias is None:
             self.qkv_bias = self.family == "dream"
         if self.family == "dream" and not self.qkv_bias:
@@ -93,6 +127,8 @@ class ModelConfig:
             raise ConfigError(
                 f"torch_dtype {self.torch_dtype!r} is not supported; use one of {SUPPORTED_DTYPES}"
             )
+        if self.clip_qkv is not None:
+            check_positive_number("clip_qkv", self.clip_qkv)
         for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
             token = getattr(self, name)
             if token is None and name == "bos_token_id":
@@ -103,19 +139,41 @@ class ModelConfig:
                     f"{name}={token} is outside the vocabulary [0, {self.vocab_size})"
                 )
 
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether layer `index`'s FFN is the mixture of experts (else a dense SwiGLU)."""
+        return self.experts is not None and self.experts.moe_layers[index]
+
     @property
     def num_parameters(self) -> int:
         """Parameter count implied by the shapes (embedding and head counted separately)."""
-        d, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        attention = d * d * 2 + d * kv * 2 + (d + 2 * kv if self.qkv_bias else 0)
-        ffn = 3 * d * self.intermediate_size
-        per_layer = attention + ffn + 2 * d
+        d, h = self.hidden_size, self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        attention = d * h * 2 + d * kv * 2 + (h + 2 * kv if self.qkv_bias else 0)
+        attention += 2 * self.head_dim if self.qk_norm else 0
+        total = 0
+        for index in range(self.num_layers):
+            total += attention + 2 * d
+            if self.is_moe_layer(index):
+                assert self.experts is not None
+                total += self.experts.parameters_per_layer(d)
+            else:
+                total += 3 * d * self.intermediate_size
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
-        return self.vocab_size * d + self.num_layers * per_layer + d + head
+        return self.vocab_size * d + total + d + head
+
+    @property
+    def active_parameters(self) -> int:
+        """Parameters one token uses: only num_experts_per_tok experts of each MoE layer."""
+        if self.experts is None:
+            return self.num_parameters
+        e = self.experts
+        idle = (e.num_experts - e.num_experts_per_tok) * 3 * self.hidden_size
+        return self.num_parameters - sum(e.moe_layers) * idle * e.expert_intermediate_size
 
     def shape_summary(self) -> dict[str, Any]:
-        """Family and shapes, as `dyllm info` and benchmark reports print them."""
-        return {
+        """Family and shapes, as `dyllm info` and benchmark reports print them (with the
+        experts and the ignored config keys for a mixture-of-experts model)."""
+        summary: dict[str, Any] = {
             "family": self.family,
             "layers": self.num_layers,
             "hidden_size": self.hidden_size,
@@ -124,38 +182,49 @@ class ModelConfig:
             "intermediate_size": self.intermediate_size,
             "vocab_size": self.vocab_size,
         }
+        if self.experts is not None:
+            e = self.experts
+            summary["experts"] = {
+                "moe_layers": sum(e.moe_layers),
+                "dense_layers": self.num_layers - sum(e.moe_layers),
+                "experts": e.num_experts,
+                "experts_per_token": e.num_experts_per_tok,
+                "expert_intermediate_size": e.expert_intermediate_size,
+                "shared_expert_intermediate_size": e.shared_expert_intermediate_size,
+                "router": e.router,
+                "expert_bias": e.expert_bias,
+                "active_parameters": self.active_parameters,
+            }
+            summary["ignored_keys"] = list(self.ignored_keys)
+        return summary
 
     # ----------------------------------------------------------------- config.json <-> config
 
     @classmethod
     def from_hf_config(cls, raw: dict[str, Any]) -> ModelConfig:
-        """Read a Hugging Face `config.json` dictionary of either family.
+        """Read a Hugging Face `config.json` dictionary of any family (LLaDA-MoE and LLaDA2 by
+        `dyllm.models.moe_config.read_moe_config`)."""
+        from dyllm.models.moe_config import moe_family, read_moe_config
 
-        LLaDA-MoE and LLaDA2 checkpoints (`dyllm.models.moe_config`) are recognised and refused
-        with what is missing: their mixture-of-experts forward is not part of the transformer yet.
-        """
-        from dyllm.models.moe_config import MOE_FAMILY_NAMES, moe_family
-
-        moe = moe_family(raw)
-        if moe is not None:
-            raise ConfigError(
-                f"this is a {MOE_FAMILY_NAMES[moe]} checkpoint, which dyllm recognises but cannot "
-                "run yet: its mixture-of-experts forward (router, experts, QK-norm, partial RoPE"
-                + (", fused QKV" if moe == "llada2" else "")
-                + ") is not integrated into dyllm's transformer (issue 17). `dyllm info` "
-                "describes the checkpoint; to generate, use a LLaDA or Dream checkpoint"
-            )
+        if moe_family(raw) is not None:
+            return read_moe_config(raw)
         model_type = str(raw.get("model_type", ""))
         family = MODEL_TYPES.get(model_type.lower())
         if family is None:
             raise ConfigError(
                 f"unsupported model_type {model_type!r} in config.json; dyllm runs LLaDA "
-                "(model_type 'llada') and Dream (model_type 'Dream') checkpoints"
+                "(model_type 'llada'), Dream ('Dream'), LLaDA-MoE ('llada' with MoE keys) and "
+                "LLaDA2 ('llada2_moe') checkpoints"
             )
         return _read_llada(raw) if family == "llada" else _read_dream(raw)
 
     def to_hf_config(self) -> dict[str, Any]:
-        """The `config.json` dictionary the real family ships, for these shapes."""
+        """The `config.json` dictionary the real family ships, for these shapes (LLaDA and
+        Dream; dyllm writes no mixture-of-experts checkpoint)."""
+        if self.family not in ("llada", "dream"):
+            raise ConfigError(
+                f"dyllm writes LLaDA and Dream checkpoints only, not {self.family!r} ones"
+            )
         return _write_llada(self) if self.family == "llada" else _write_dream(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,7 +237,6 @@ POSITIVE_INTEGER_FIELDS = (
     "num_layers",
     "num_heads",
     "num_kv_heads",
-    "intermediate_size",
     "max_position_embeddings",
 )
 POSITIVE_NUMBER_FIELDS = ("rope_theta", "rms_norm_eps")

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dyllm.json_files import read_json, read_json_object
-from dyllm.models.config import ConfigError, ModelConfig
+from dyllm.json_files import read_json
 from dyllm.models.loader import (
     INDEX_FILE,
     PICKLED_SUFFIXES,
@@ -25,7 +24,6 @@ from dyllm.models.loader import (
     read_config,
     read_index,
 )
-from dyllm.models.moe_config import MOE_FAMILY_NAMES, MoEModelConfig, moe_family, read_moe_config
 from dyllm.models.parallel import valid_sizes
 from dyllm.models.safetensors_header import (
     SafetensorsHeaderError,
@@ -39,15 +37,10 @@ def describe_checkpoint(folder: str | Path) -> dict[str, Any]:
     """Family, shapes, parameter count and memory per dtype, stored dtypes, shards (present,
     missing, damaged), tokenizer and chat template; `problems` lists what would stop `load`."""
     folder = checkpoint_folder(folder)
-    config = _read_any_config(folder)
+    config = read_config(folder)
     shard_names, indexed_bytes = _weight_files(folder)
     present = [name for name in shard_names if (folder / name).is_file()]
     problems: list[str] = []
-    if isinstance(config, MoEModelConfig):
-        problems.append(
-            f"dyllm cannot run {MOE_FAMILY_NAMES[config.family]} checkpoints yet: the "
-            "mixture-of-experts forward is not integrated into the transformer (issue 17)"
-        )
     stored: dict[str, int] = {}
     header_bytes = 0
     for name in present:
@@ -79,8 +72,7 @@ def describe_checkpoint(folder: str | Path) -> dict[str, Any]:
         "path": str(folder),
         **config.shape_summary(),
         "max_position_embeddings": config.max_position_embeddings,
-        # MoE layers cannot be split yet (issue 17)
-        "tensor_parallel_sizes": valid_sizes(config) if isinstance(config, ModelConfig) else [1],
+        "tensor_parallel_sizes": valid_sizes(config),  # [1] for the MoE families (not split)
         "checkpoint_dtype": "+".join(sorted(stored)) if stored else config.torch_dtype,
         "config_dtype": config.torch_dtype,
         "stored_dtypes": stored,
@@ -100,19 +92,6 @@ def describe_checkpoint(folder: str | Path) -> dict[str, Any]:
         "eos_token_id": config.eos_token_id,
         "problems": problems,
     }
-
-
-def _read_any_config(folder: Path) -> ModelConfig | MoEModelConfig:
-    """The folder's config: a MoEModelConfig for LLaDA-MoE / LLaDA2, else a ModelConfig."""
-    config_file = folder / "config.json"
-    if config_file.is_file():
-        raw = read_json_object(config_file, CheckpointError)
-        try:
-            if moe_family(raw) is not None:
-                return read_moe_config(raw)
-        except ConfigError as error:
-            raise CheckpointError(f"{config_file}: {error}") from error
-    return read_config(folder)
 
 
 def _weight_files(folder: Path) -> tuple[list[str], int | None]:

@@ -1,4 +1,4 @@
-"""Load an unmodified Hugging Face LLaDA or Dream folder into dyllm's own modules.
+"""Load an unmodified Hugging Face LLaDA, Dream, LLaDA-MoE or LLaDA2 folder into dyllm's modules.
 
 Stance: safetensors only (a pickle can execute code when loaded, so `.bin` weights are refused),
 every key and shape checked against the model before a byte of weight is read, parameters created
@@ -73,7 +73,7 @@ def load(
     *,
     shard: TensorParallelShard | None = None,
 ) -> DiffusionTransformer:
-    """Load a LLaDA or Dream checkpoint folder (config.json + safetensors) for inference.
+    """Load a LLaDA, Dream, LLaDA-MoE or LLaDA2 folder (config.json + safetensors) to run.
 
     shard: this process's part of a tensor-parallel model (see `dyllm.distributed`, which
     plans it; `dyllm.load(..., tensor_parallel=N)` is the usual way in); only its slices are read.

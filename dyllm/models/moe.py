@@ -1,7 +1,7 @@
-"""The mixture-of-experts FFN of LLaDA-MoE and LLaDA2 as a config-driven module.
+"""The mixture-of-experts FFN of LLaDA-MoE and LLaDA2: the `ffn` of a MoE layer.
 
-`MoEFeedForward(config)` holds one MoE layer's weights, the router (`gate`), the optional expert
-bias, the routed experts and the shared expert, and computes, for x [..., d]:
+`MoEFeedForward(experts, hidden_size)` holds one MoE layer's weights, the router (`gate`), the
+optional expert bias, the routed experts and the shared expert, and computes, for x [..., d]:
 
 * LLaDA-MoE (`router == "softmax"`): router logits `x @ gate^T` in x's dtype, softmax in float32
   over all experts (+ expert bias, which also weights), top-k without renormalisation, weights
@@ -12,10 +12,11 @@ bias, the routed experts and the shared expert, and computes, for x [..., d]:
   shared expert, always.
 
 The arithmetic is `dyllm.kernels.moe` (rows grouped by expert, one matmul per active expert).
-Parameter names follow the checkpoints' per-layer suffixes (`gate.weight`, `experts.{e}.*`);
-where each family keeps the expert bias and the shared expert is `dyllm.models.keymaps`'s
-`moe_checkpoint_shapes`. This module is not yet called by `DiffusionTransformer`: integrating it
-(and QK-norm, partial RoPE, fused QKV) into the one forward is the next step of issue 17.
+`DecoderLayer` (`dyllm.models.transformer`) holds one as its `ffn` on the layers the config
+makes MoE layers, so its `feed_forward` stage (the dense forward's and the sparse step's) runs
+it. Parameter names follow the checkpoints' per-layer suffixes (`gate.weight`, `experts.{e}.*`);
+where each family keeps the expert bias and the shared expert is `dyllm.models.keymaps`. The
+expert bias is a parameter (never trained) so that the loader reads it like any weight.
 """
 
 from __future__ import annotations
@@ -25,19 +26,22 @@ from torch import nn
 
 from dyllm.kernels.moe import grouped_experts, route_sigmoid_grouped, route_softmax_topk
 from dyllm.models.layers import SwiGLU
-from dyllm.models.moe_config import MoEModelConfig
+from dyllm.models.moe_config import ExpertConfig
 
 
 class MoEFeedForward(nn.Module):
     """One MoE layer's FFN: router, experts and shared expert of a LLaDA-MoE / LLaDA2 config."""
 
-    def __init__(self, config: MoEModelConfig) -> None:
+    expert_bias: nn.Parameter | None
+
+    def __init__(self, config: ExpertConfig, hidden_size: int) -> None:
         super().__init__()
         self.config = config
-        d = config.hidden_size
+        d = hidden_size
         self.gate = nn.Linear(d, config.num_experts, bias=False)
         if config.expert_bias:
-            self.register_buffer("expert_bias", torch.zeros(config.num_experts), persistent=True)
+            bias = torch.zeros(config.num_experts)
+            self.expert_bias = nn.Parameter(bias, requires_grad=False)
         else:
             self.expert_bias = None
         self.experts = nn.ModuleList(
@@ -69,6 +73,8 @@ class MoEFeedForward(nn.Module):
         """x [..., d] -> [..., d] in x's dtype."""
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
+        if rows.shape[0] == 0:
+            return torch.zeros_like(x)
         weights, indices = self.route(rows)
         experts = [(e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight) for e in self.experts]
         if self.config.router == "softmax":

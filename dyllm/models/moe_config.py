@@ -15,19 +15,23 @@ keys the official code reads into its config but its forward ignores are listed 
 `ignored_keys` (and `dyllm info` prints them) and have no effect here either, exactly as there.
 Keys whose values change the network in a way dyllm does not implement are refused by name.
 
-The forward of these families is not part of dyllm's transformer yet: `dyllm.load` refuses them
-(`ModelConfig.from_hf_config` raises), `dyllm info` describes them from this config.
+`read_moe_config` returns the one `ModelConfig` every family has (the attention variants as its
+fields, the experts as its `ExpertConfig`); `ModelConfig.from_hf_config` calls it for these
+families, so `dyllm.load` and `dyllm info` read them like any checkpoint. The mask and
+end-of-text ids are not in the real config.json files: they default to the official samplers'
+156895 and 156892, and a config.json that sets `mask_token_id` / `eos_token_id` overrides them
+(the tiny test checkpoints do, since their vocabularies are small).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from dyllm.models.config import (
-    SUPPORTED_DTYPES,
     ConfigError,
+    ModelConfig,
     _dtype_name,
     _flag,
     _integer,
@@ -39,7 +43,6 @@ from dyllm.models.config import (
 
 MoEFamily = Literal["llada_moe", "llada2"]
 
-MOE_FAMILY_NAMES: dict[str, str] = {"llada_moe": "LLaDA-MoE", "llada2": "LLaDA2.x (llada2_moe)"}
 
 LLADA_MOE_ARCHITECTURES = ("LLaDAMoEModelLM", "LLaDAMoEModel")
 LLADA_MOE_KEYS = ("num_experts", "expert_intermediate_size")
@@ -84,22 +87,14 @@ attention function, which ignores it under sdpa, the reference implementation)."
 
 
 @dataclass(frozen=True)
-class MoEModelConfig:
-    """Shapes, routing and attention variant of a LLaDA-MoE or LLaDA2 checkpoint.
+class ExpertConfig:
+    """The mixture-of-experts part of a LLaDA-MoE or LLaDA2 `ModelConfig`.
 
-    `moe_layers[i]` says whether layer i has the MoE FFN (else a dense SwiGLU of
-    `dense_intermediate_size`). `router` is "softmax" (LLaDA-MoE) or "sigmoid_grouped" (LLaDA2).
+    `moe_layers[i]` says whether layer i has the MoE FFN (else a dense SwiGLU of the config's
+    `intermediate_size`). `router` is "softmax" (LLaDA-MoE) or "sigmoid_grouped" (LLaDA2).
     `shared_expert_intermediate_size` is None without a shared expert.
     """
 
-    family: MoEFamily
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    dense_intermediate_size: int | None
     moe_layers: tuple[bool, ...]
     num_experts: int
     num_experts_per_tok: int
@@ -107,118 +102,23 @@ class MoEModelConfig:
     shared_expert_intermediate_size: int | None
     router: Literal["softmax", "sigmoid_grouped"]
     expert_bias: bool
-    n_group: int
-    topk_group: int
-    routed_scaling_factor: float
-    qk_norm: bool
-    rotary_dim: int
-    fused_qkv: bool
-    qkv_bias: bool
-    clip_qkv: float | None
-    rope_theta: float
-    rms_norm_eps: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    torch_dtype: str
-    mask_token_id: int
-    eos_token_id: int
-    pad_token_id: int | None
-    ignored_keys: tuple[str, ...] = ()
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        if len(self.moe_layers) != self.num_layers:
-            raise ConfigError(
-                f"{len(self.moe_layers)} MoE-layer flags for {self.num_layers} layers"
-            )
-        if any(not m for m in self.moe_layers) and self.dense_intermediate_size is None:
-            raise ConfigError("the config has dense layers but no dense intermediate size")
         if self.num_experts_per_tok > self.num_experts:
             raise ConfigError(
                 f"num_experts_per_tok={self.num_experts_per_tok} exceeds "
                 f"num_experts={self.num_experts}"
             )
-        if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"{self.num_heads} attention heads cannot be grouped over "
-                f"{self.num_kv_heads} key/value heads (must divide)"
-            )
-        if self.rotary_dim % 2 or not 2 <= self.rotary_dim <= self.head_dim:
-            raise ConfigError(
-                f"partial_rotary_factor gives {self.rotary_dim} rotary dims of head_dim "
-                f"{self.head_dim}; it must be an even number in [2, {self.head_dim}]"
-            )
-        if self.torch_dtype not in SUPPORTED_DTYPES:
-            raise ConfigError(
-                f"torch_dtype {self.torch_dtype!r} is not supported; use one of {SUPPORTED_DTYPES}"
-            )
-        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
-            token = getattr(self, name)
-            if token is not None and not 0 <= token < self.vocab_size:
-                raise ConfigError(
-                    f"{name}={token} is outside the vocabulary [0, {self.vocab_size})"
-                )
 
-    @property
-    def num_moe_layers(self) -> int:
-        return sum(self.moe_layers)
-
-    @property
-    def num_parameters(self) -> int:
-        """Every tensor of the checkpoint (embedding and head counted separately)."""
-        d, h, kv = (
-            self.hidden_size,
-            self.num_heads * self.head_dim,
-            self.num_kv_heads * self.head_dim,
-        )
-        attention = d * (h + 2 * kv) + h * d + (h + 2 * kv if self.qkv_bias else 0)
-        attention += 2 * self.head_dim if self.qk_norm else 0
-        per_layer = attention + 2 * d
-        total = 0
-        for moe in self.moe_layers:
-            total += per_layer
-            if not moe:
-                total += 3 * d * (self.dense_intermediate_size or 0)
-                continue
-            total += self.num_experts * d  # router
-            total += self.num_experts if self.expert_bias else 0
-            total += self.num_experts * 3 * d * self.expert_intermediate_size
-            total += 3 * d * (self.shared_expert_intermediate_size or 0)
-        head = 0 if self.tie_word_embeddings else self.vocab_size * d
-        return self.vocab_size * d + total + d + head
-
-    @property
-    def active_parameters(self) -> int:
-        """Parameters one token uses: only num_experts_per_tok experts of each MoE layer."""
-        idle = self.num_experts - self.num_experts_per_tok
-        per_expert = 3 * self.hidden_size * self.expert_intermediate_size
-        return self.num_parameters - self.num_moe_layers * idle * per_expert
-
-    def shape_summary(self) -> dict[str, Any]:
-        """Family, shapes and experts, as `dyllm info` prints them."""
-        return {
-            "family": self.family,
-            "layers": self.num_layers,
-            "hidden_size": self.hidden_size,
-            "heads": self.num_heads,
-            "kv_heads": self.num_kv_heads,
-            "intermediate_size": self.dense_intermediate_size or self.expert_intermediate_size,
-            "vocab_size": self.vocab_size,
-            "experts": {
-                "moe_layers": self.num_moe_layers,
-                "dense_layers": self.num_layers - self.num_moe_layers,
-                "experts": self.num_experts,
-                "experts_per_token": self.num_experts_per_tok,
-                "expert_intermediate_size": self.expert_intermediate_size,
-                "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
-                "router": self.router,
-                "expert_bias": self.expert_bias,
-                "active_parameters": self.active_parameters,
-            },
-            "ignored_keys": list(self.ignored_keys),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def parameters_per_layer(self, hidden_size: int) -> int:
+        """One MoE layer's tensors: router, expert bias, experts, shared expert."""
+        d = hidden_size
+        total = self.num_experts * d + (self.num_experts if self.expert_bias else 0)
+        total += self.num_experts * 3 * d * self.expert_intermediate_size
+        return total + 3 * d * (self.shared_expert_intermediate_size or 0)
 
 
 def moe_family(raw: dict[str, Any]) -> MoEFamily | None:
@@ -248,8 +148,8 @@ def moe_family(raw: dict[str, Any]) -> MoEFamily | None:
     return "llada_moe" if named or keyed else None
 
 
-def read_moe_config(raw: dict[str, Any]) -> MoEModelConfig:
-    """The MoEModelConfig of a LLaDA-MoE or LLaDA2 config.json dictionary."""
+def read_moe_config(raw: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig of a LLaDA-MoE or LLaDA2 config.json dictionary."""
     family = moe_family(raw)
     if family is None:
         raise ConfigError(
@@ -282,7 +182,13 @@ def _dtype(raw: dict[str, Any]) -> str:
 
 
 def _rotary_dim(head_dim: int, factor: float) -> int:
-    return int(head_dim * factor)
+    rotary = int(head_dim * factor)
+    if rotary % 2 or not 2 <= rotary <= head_dim:
+        raise ConfigError(
+            f"partial_rotary_factor={factor} gives {rotary} rotary dims of head_dim {head_dim}; "
+            f"it must give an even number in [2, {head_dim}]"
+        )
+    return rotary
 
 
 def _head_dim(raw: dict[str, Any], hidden: int, heads: int) -> int:
@@ -336,7 +242,8 @@ def _read_shared(
     default_rms_norm_eps: float,
 ) -> dict[str, Any]:
     """The fields both MoE families read under the same keys (their shapes, RoPE, norm and
-    special tokens), checked, as MoEModelConfig arguments."""
+    special tokens), checked, as ModelConfig arguments."""
+    eos = _integer(raw, "eos_token_id", MOE_EOS_TOKEN_ID, minimum=0)
     return {
         "vocab_size": _integer(raw, "vocab_size"),
         "hidden_size": hidden,
@@ -350,12 +257,15 @@ def _read_shared(
         "tie_word_embeddings": _flag(raw, "tie_word_embeddings", False),
         "torch_dtype": _dtype(raw),
         "mask_token_id": _integer(raw, "mask_token_id", MOE_MASK_TOKEN_ID, minimum=0),
-        "eos_token_id": _integer(raw, "eos_token_id", MOE_EOS_TOKEN_ID, minimum=0),
-        "pad_token_id": _integer(raw, "pad_token_id", None, minimum=0),
+        "eos_token_id": eos,
+        "pad_token_id": _integer(raw, "pad_token_id", eos, minimum=0),
+        "bos_token_id": _integer(raw, "bos_token_id", None, minimum=0),
+        "rope_full_precision": False,  # cos/sin cast to the activation dtype, rotated there
+        "extra": {k: raw[k] for k in ("architectures",) if k in raw},
     }
 
 
-def _read_llada_moe(raw: dict[str, Any]) -> MoEModelConfig:
+def _read_llada_moe(raw: dict[str, Any]) -> ModelConfig:
     _refuse(raw, "attention_bias", False, "LLaDA-MoE with attention biases")
     hidden = _integer(raw, "hidden_size")
     heads = _integer(raw, "num_attention_heads")
@@ -369,12 +279,7 @@ def _read_llada_moe(raw: dict[str, Any]) -> MoEModelConfig:
             "to the shared expert's size"
         )
     moe_layers = _moe_layer_freq(raw, layers)
-    return MoEModelConfig(
-        family="llada_moe",
-        **_read_shared(raw, hidden, heads, layers, head_dim, default_rms_norm_eps=1e-5),
-        dense_intermediate_size=_integer(raw, "dense_intermediate_size", None)
-        if not all(moe_layers)
-        else None,
+    experts = ExpertConfig(
         moe_layers=moe_layers,
         num_experts=_integer(raw, "num_experts"),
         num_experts_per_tok=_integer(raw, "num_experts_per_tok"),
@@ -382,19 +287,22 @@ def _read_llada_moe(raw: dict[str, Any]) -> MoEModelConfig:
         shared_expert_intermediate_size=_integer(raw, "shared_expert_intermediate_size", None),
         router="softmax",
         expert_bias=_flag(raw, "moe_router_enable_expert_bias", False),
-        n_group=1,
-        topk_group=1,
-        routed_scaling_factor=1.0,
+    )
+    dense = 0 if all(moe_layers) else _integer(raw, "dense_intermediate_size")
+    return ModelConfig(
+        family="llada_moe",
+        **_read_shared(raw, hidden, heads, layers, head_dim, default_rms_norm_eps=1e-5),
+        intermediate_size=dense,
+        qkv_bias=False,
         qk_norm=_flag(raw, "qk_layernorm", False),
         rotary_dim=_rotary_dim(head_dim, _fraction(raw, "partial_rotary_factor", 1.0)),
-        fused_qkv=False,
-        qkv_bias=False,
         clip_qkv=_clip_qkv(raw),
+        experts=experts,
         ignored_keys=_ignored(raw, LLADA_MOE_IGNORED_KEYS),
     )
 
 
-def _read_llada2(raw: dict[str, Any]) -> MoEModelConfig:
+def _read_llada2(raw: dict[str, Any]) -> ModelConfig:
     _refuse(raw, "use_bias", False, "LLaDA2 with linear-layer biases (use_bias)")
     hidden = _integer(raw, "hidden_size")
     heads = _integer(raw, "num_attention_heads")
@@ -426,24 +334,26 @@ def _read_llada2(raw: dict[str, Any]) -> MoEModelConfig:
             "num_shared_experts is absent or 0: LLaDA2's MoE block always adds a shared expert "
             "(moe_intermediate_size x num_shared_experts wide); dyllm does not run one without"
         )
-    return MoEModelConfig(
+    moe_layers = tuple(i >= first_dense for i in range(layers))
+    return ModelConfig(
         family="llada2",
         **_read_shared(raw, hidden, heads, layers, head_dim, default_rms_norm_eps=1e-6),
-        dense_intermediate_size=_integer(raw, "intermediate_size") if first_dense else None,
-        moe_layers=tuple(i >= first_dense for i in range(layers)),
-        num_experts=experts,
-        num_experts_per_tok=top_k,
-        expert_intermediate_size=moe_inter,
-        shared_expert_intermediate_size=moe_inter * shared,
-        router="sigmoid_grouped",
-        expert_bias=True,
-        n_group=n_group,
-        topk_group=topk_group,
-        routed_scaling_factor=_number(raw, "routed_scaling_factor", 1.0),
+        intermediate_size=_integer(raw, "intermediate_size") if first_dense else 0,
+        qkv_bias=_flag(raw, "use_qkv_bias", False),
         qk_norm=_flag(raw, "use_qk_norm", True),
         rotary_dim=_rotary_dim(head_dim, _fraction(raw, "partial_rotary_factor", 1.0)),
         fused_qkv=True,
-        qkv_bias=_flag(raw, "use_qkv_bias", False),
-        clip_qkv=None,
+        experts=ExpertConfig(
+            moe_layers=moe_layers,
+            num_experts=experts,
+            num_experts_per_tok=top_k,
+            expert_intermediate_size=moe_inter,
+            shared_expert_intermediate_size=moe_inter * shared,
+            router="sigmoid_grouped",
+            expert_bias=True,
+            n_group=n_group,
+            topk_group=topk_group,
+            routed_scaling_factor=_number(raw, "routed_scaling_factor", 1.0),
+        ),
         ignored_keys=_ignored(raw, LLADA2_IGNORED_KEYS),
     )

@@ -116,7 +116,11 @@ class TensorParallelShard:
         return self.rank % self.kv_replicas == 0
 
     def check(self, config: ModelConfig) -> None:
-        """Fail when the ranges do not fit `config` (a plan from `dyllm.distributed` fits)."""
+        """Fail when the ranges do not fit `config` (a plan from `dyllm.distributed` fits), or
+        when the model is one tensor parallelism does not split yet."""
+        refusal = unsplittable(config)
+        if refusal is not None:
+            raise ValueError(refusal)
         limits = {
             "heads": (self.heads, config.num_heads),
             "kv_heads": (self.kv_heads, config.num_kv_heads),
@@ -173,6 +177,8 @@ def valid_sizes(config: ModelConfig) -> list[int]:
 
 def split_problem(config: ModelConfig, size: int) -> str | None:
     """Why `config` cannot be split over `size` processes, or None when it can."""
+    if size > 1 and unsplittable(config) is not None:
+        return "tensor parallelism does not split mixture-of-experts models yet"
     heads, kv_heads = config.num_heads, config.num_kv_heads
     if heads % size:
         return f"its {heads} attention heads do not divide into {size} equal groups"
@@ -187,3 +193,16 @@ def split_problem(config: ModelConfig, size: int) -> str | None:
     if block * (size - 1) >= config.vocab_size:
         return f"its {config.vocab_size} vocabulary rows leave a process without any"
     return None
+
+
+def unsplittable(config: ModelConfig) -> str | None:
+    """Why `config`'s model cannot be split over processes yet (None: it can). The
+    mixture-of-experts families are not split: their experts would be divided between processes
+    (expert parallelism) and LLaDA2's fused QKV by heads inside one tensor, neither of which is
+    written."""
+    if config.experts is None and not config.fused_qkv:
+        return None
+    return (
+        f"tensor parallelism does not support {config.family!r} models yet (their mixture of "
+        "experts and fused QKV are not split over processes); load them with tensor_parallel=1"
+    )

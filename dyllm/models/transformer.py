@@ -1,8 +1,10 @@
-"""The bidirectional transformer shared by LLaDA and Dream, with its one forward.
+"""The bidirectional transformer shared by every family, with its one forward.
 
 One pre-norm block, repeated: `h = x + o_proj(attention(attn_norm(x)))`, then
 `x = h + ffn(ffn_norm(h))`; embeddings unscaled, a final RMSNorm and an untied (or tied) head.
-Family differences are config fields (q/k/v bias, grouped-query heads, RoPE precision); the logit
+Family differences are config fields (q/k/v bias, grouped-query heads, RoPE precision; for
+LLaDA-MoE and LLaDA2 also per-head QK-norm, partial RoPE, a fused QKV, clip_qkv and a
+mixture-of-experts FFN on the layers the config names); the logit
 shift Dream's sampler applies is *not* done here: `forward` returns logits exactly as both
 reference modeling files do, position i's logits from position i's hidden state.
 
@@ -30,13 +32,16 @@ from functools import partial
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from dyllm.kernels.attention_variants import qk_norm
 from dyllm.kernels.primitives import apply_rope, attention, rope_angles
 from dyllm.kernels.reference_gathered_ffn import FeedForwardWeights
 from dyllm.models.config import ModelConfig
 from dyllm.models.layers import RMSNorm, SwiGLU
+from dyllm.models.moe import MoEFeedForward
 from dyllm.models.parallel import TensorParallelShard
 from dyllm.tokenizer import Tokenizer
 
@@ -62,13 +67,23 @@ class ActivationSink(Protocol):
 
 
 class DecoderLayer(nn.Module):
-    """Attention + SwiGLU block with pre-RMSNorm and residuals.
+    """Attention + FFN block with pre-RMSNorm and residuals, its variants set by the config.
+
+    Attention: separate q/k/v projections (`q_proj`, `k_proj`, `v_proj`) or one fused
+    `qkv_proj` (LLaDA2: rows all Q heads, all K heads, all V heads), optional per-head QK-norm
+    (`q_norm`, `k_norm`) before RoPE, optional clamping (`clip_qkv`), RoPE on the first
+    `rotary_dim` dims of each head. FFN: a dense SwiGLU, or on the config's MoE layers
+    (`is_moe`) the mixture of experts (`dyllm.models.moe.MoEFeedForward`).
 
     With a `shard`, the block holds the shard's query and key/value heads and FFN columns; its
     two sums over processes are `attention_output` and the FFN's down projection.
     """
 
-    def __init__(self, config: ModelConfig, shard: TensorParallelShard | None = None) -> None:
+    ffn: SwiGLU | MoEFeedForward
+
+    def __init__(
+        self, config: ModelConfig, shard: TensorParallelShard | None = None, index: int = 0
+    ) -> None:
         super().__init__()
         self.config = config
         self.shard = shard
@@ -76,41 +91,94 @@ class DecoderLayer(nn.Module):
         """Query heads this process computes (all of them in one process)."""
         self.num_kv_heads = config.num_kv_heads if shard is None else shard.num_kv_heads
         """Key/value heads this process holds."""
+        self.is_moe = config.is_moe_layer(index)
+        """Whether this layer's FFN is the mixture of experts."""
         intermediate = config.intermediate_size if shard is None else shard.intermediate_size
         d, head_dim = config.hidden_size, config.head_dim
-        heads, kv_heads = self.num_heads, self.num_kv_heads
+        q_rows, kv_rows = self.num_heads * head_dim, self.num_kv_heads * head_dim
         self.attn_norm = RMSNorm(d, config.rms_norm_eps)
-        self.q_proj = nn.Linear(d, heads * head_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(d, kv_heads * head_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(d, kv_heads * head_dim, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(heads * head_dim, d, bias=False)
+        if config.fused_qkv:
+            self.qkv_proj = nn.Linear(d, q_rows + 2 * kv_rows, bias=config.qkv_bias)
+        else:
+            self.q_proj = nn.Linear(d, q_rows, bias=config.qkv_bias)
+            self.k_proj = nn.Linear(d, kv_rows, bias=config.qkv_bias)
+            self.v_proj = nn.Linear(d, kv_rows, bias=config.qkv_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(head_dim, config.rms_norm_eps)
+        self.o_proj = nn.Linear(q_rows, d, bias=False)
         self.ffn_norm = RMSNorm(d, config.rms_norm_eps)
-        self.ffn = SwiGLU(d, intermediate)
+        if self.is_moe:
+            assert config.experts is not None
+            self.ffn = MoEFeedForward(config.experts, d)
+        else:
+            self.ffn = SwiGLU(d, intermediate)
+
+    def _projection(self, part: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the query (0), key (1) or value (2) projection. A fused QKV's part is
+        a slice of its rows (a view: no copy, and no other part's rows are computed)."""
+        if not self.config.fused_qkv:
+            linear = (self.q_proj, self.k_proj, self.v_proj)[part]
+            return linear.weight, linear.bias
+        q_rows = self.num_heads * self.config.head_dim
+        kv_rows = self.num_kv_heads * self.config.head_dim
+        start = (0, q_rows, q_rows + kv_rows)[part]
+        end = start + (q_rows if part == 0 else kv_rows)
+        bias = self.qkv_proj.bias
+        return self.qkv_proj.weight[start:end], None if bias is None else bias[start:end]
+
+    def _finish(self, rows: torch.Tensor, norm: RMSNorm | None) -> torch.Tensor:
+        """Per-head QK-norm (when the config has it) and clamping (`clip_qkv`) of projected rows
+        [..., heads * D]; RoPE comes after."""
+        if norm is not None:
+            heads = rows.unflatten(-1, (-1, self.config.head_dim))
+            rows = qk_norm(heads, norm.weight, norm.eps).flatten(-2)
+        clip = self.config.clip_qkv
+        return rows if clip is None else rows.clamp(-clip, clip)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, cos, sin, bool(self.config.rope_full_precision))
 
     def project_queries(
         self, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor:
-        """q [B, H, L, D], rotated, from normed rows [B, L, d] and their angles [B, L, D]."""
-        q = rearrange(self.q_proj(normed), "b l (h d) -> b h l d", d=self.config.head_dim)
-        return apply_rope(q, cos, sin, bool(self.config.rope_full_precision))
+        """q [B, H, L, D], rotated, from normed rows [B, L, d] and their angles [B, L, R]
+        (R: the rotary dims)."""
+        q = self._finish(F.linear(normed, *self._projection(0)), self._norm("q_norm"))
+        return self._rope(rearrange(q, "b l (h d) -> b h l d", d=self.config.head_dim), cos, sin)
 
     def project_keys(self, normed: torch.Tensor) -> torch.Tensor:
-        """Keys before RoPE, heads concatenated: [..., d] -> [..., KV * D]."""
-        return self.k_proj(normed)
+        """Keys before RoPE (after the QK-norm), heads concatenated: [..., d] -> [..., KV * D]."""
+        return self._finish(F.linear(normed, *self._projection(1)), self._norm("k_norm"))
 
     def project_values(self, normed: torch.Tensor) -> torch.Tensor:
         """Values, heads concatenated: [..., d] -> [..., KV * D]."""
-        return self.v_proj(normed)
+        return self._finish(F.linear(normed, *self._projection(2)), None)
 
     def project_qkv(
         self, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [B, H, L, D], k and v [B, KV, L, D] from normed rows [B, L, d]; q and k rotated."""
-        q = self.project_queries(normed, cos, sin)
-        heads = "b l (h d) -> b h l d"
-        k = rearrange(self.project_keys(normed), heads, d=self.config.head_dim)
-        v = rearrange(self.project_values(normed), heads, d=self.config.head_dim)
-        return q, apply_rope(k, cos, sin, bool(self.config.rope_full_precision)), v
+        """q [B, H, L, D], k and v [B, KV, L, D] from normed rows [B, L, d]; q and k rotated.
+
+        A fused QKV is one matmul here, split afterwards (the sparse step's separate stages
+        multiply by the parts' row slices instead)."""
+        if self.config.fused_qkv:
+            kv_rows = self.num_kv_heads * self.config.head_dim
+            q, k, v = self.qkv_proj(normed).split(
+                [self.num_heads * self.config.head_dim, kv_rows, kv_rows], dim=-1
+            )
+            q = self._finish(q, self._norm("q_norm"))
+            k = self._finish(k, self._norm("k_norm"))
+            v = self._finish(v, None)
+        else:
+            q = self._finish(self.q_proj(normed), self._norm("q_norm"))
+            k = self.project_keys(normed)
+            v = self.project_values(normed)
+        heads = partial(rearrange, pattern="b l (h d) -> b h l d", d=self.config.head_dim)
+        return self._rope(heads(q), cos, sin), self._rope(heads(k), cos, sin), heads(v)
+
+    def _norm(self, name: str) -> RMSNorm | None:
+        return getattr(self, name) if self.config.qk_norm else None
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
@@ -125,12 +193,18 @@ class DecoderLayer(nn.Module):
 
     def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
         """FFN output (before the residual add) for rows h [..., d], summed over processes (the
-        block's second all-reduce)."""
+        block's second all-reduce). On a MoE layer: routed, the rows grouped by expert."""
         return self._sum_over_processes(self.ffn(self.ffn_norm(h)))
 
     def feed_forward_weights(self) -> FeedForwardWeights:
         """The FFN norm and SwiGLU matrices, as kernels that gather rows take them (with the
-        same sum over processes as `feed_forward`, applied to the down projection's rows)."""
+        same sum over processes as `feed_forward`, applied to the down projection's rows).
+        A MoE layer has no single SwiGLU: use `feed_forward` on its rows."""
+        if not isinstance(self.ffn, SwiGLU):
+            raise TypeError(
+                "this layer's FFN is a mixture of experts, which has no single SwiGLU's weights; "
+                "run feed_forward on the rows instead"
+            )
         return FeedForwardWeights(
             norm_weight=self.ffn_norm.weight,
             norm_eps=self.ffn_norm.eps,
@@ -188,7 +262,9 @@ class DiffusionTransformer(nn.Module):
         self.shard = shard
         vocab = config.vocab_size if shard is None else shard.vocab_size
         self.embed = nn.Embedding(vocab, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, shard) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, shard, index) for index in range(config.num_layers)
+        )
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, vocab, bias=False)
         if config.tie_word_embeddings:
@@ -219,7 +295,7 @@ class DiffusionTransformer(nn.Module):
         for name, parameter in self.named_parameters():
             if name.endswith("norm.weight"):
                 parameter.fill_(1.0)
-            elif name.endswith(".bias"):
+            elif name.endswith((".bias", "expert_bias")):
                 parameter.zero_()
             else:
                 values = torch.randn(parameter.shape, generator=generator) * std
@@ -275,8 +351,9 @@ class DiffusionTransformer(nn.Module):
             )
 
     def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, L, head_dim] (float32) for position ids [B, L]."""
-        return rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
+        """cos, sin [B, L, rotary_dim] (float32) for position ids [B, L] (rotary_dim: head_dim
+        unless the config rotates part of each head)."""
+        return rope_angles(position_ids, self.config.rotary_dim, self.config.rope_theta)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings [..., d] of token ids [...].
