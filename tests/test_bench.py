@@ -37,6 +37,7 @@ from dyllm.bench.headline import curve_accuracy_at, format_headline
 from dyllm.bench.plot import draw_curves
 from dyllm.bench.runner import select_batches
 from dyllm.bench.suites import SUITE_GEN_LENGTHS, SUITE_PROBLEMS_PER_TASK
+from dyllm.bench.table import batch_text
 from dyllm.cli import main
 from dyllm.policies import CosineThreshold
 from dyllm.reference.long_tasks import LONG_SUITE, SUITES, long_heldout_problems
@@ -139,7 +140,7 @@ def test_table_has_a_row_per_run(report) -> None:
     lines = format_table(report).splitlines()
     assert len(lines) == 2 + len(report["runs"])
     assert lines[2].split()[:3] == ["dense", "nu=1", "8"]
-    assert "short suite, gen 24 block 8," in lines[0]
+    assert "6 problems, batch 2, short suite, gen 24 block 8," in lines[0]
 
 
 def test_check_report_names_what_is_missing(report) -> None:
@@ -338,6 +339,8 @@ def test_every_suite_has_benchmark_defaults_that_fit_its_answers_and_the_paper_b
         assert 1 <= SUITE_PROBLEMS_PER_TASK[name] <= suite.heldout_per_task
     assert SUITE_GEN_LENGTHS["long"] % 8 == 0 and SUITE_GEN_LENGTHS["long"] % 32 == 0
     # the run, with the defaults: every nu fits both block lengths
+    assert batch_text({"batch_size": 16, "problems_per_task": 5}) == "batch 5 (of 16)"
+    assert batch_text({"batch_size": 16, "problems_per_task": 64}) == "batch 16"
     plan = BenchSettings(model="llada-long", block_lengths=(8, 32)).plan()
     assert [d.label for d in plan.decodings] == ["nu=1", "nu=2", "nu=4", "threshold=0.9"]
 
@@ -485,7 +488,7 @@ def test_each_block_length_gets_its_rows_and_its_own_dense_baseline(long_run) ->
         assert rows["dyllm"]["speedup_vs_dense_nu1"] is None  # no nu = 1 in this grid
         assert rows["dyllm"]["nfe"] == 2 * 128 // 4
     table = format_table(report).splitlines()
-    assert "long suite, gen 128 blocks 8, 32," in table[0]
+    assert "2 problems, batch 1, long suite, gen 128 blocks 8, 32," in table[0]
     assert [line[45:50].strip() for line in table[2:]] == ["8", "8", "32", "32"]
     assert report["headline"] == []  # no fast-dual, no nu = 1
     assert "needs dense" in format_headline(report["headline"])

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dyllm.bench.table import batch_text
+
 MARKERS = "osD^vP*Xhp<>"
 
 
@@ -57,8 +59,8 @@ def draw_curves(report: dict[str, Any], path: Path) -> Path:
     model, workload, machine = report["model"], report["workload"], report["machine"]
     thresholds = ", ".join(d["label"] for d in workload["decodings"] if d["threshold"] is not None)
     figure.suptitle(
-        f"{model['name']} ({workload['suite']} suite): accuracy vs throughput, batch "
-        f"{workload['batch_size']}, {workload['problems']} problems, {machine['device']} "
+        f"{model['name']} ({workload['suite']} suite): accuracy vs throughput, "
+        f"{batch_text(workload)}, {workload['problems']} problems, {machine['device']} "
         f"({_threads(machine)}). Numbers: tokens per step; hollow: {thresholds or 'none'}",
         fontsize=10,
     )

@@ -29,12 +29,12 @@ longest short answer is 21 tokens, the rest EOS; 128: every long answer)."""
 
 SUITE_PROBLEMS_PER_TASK: dict[str, int] = {"short": 64, "long": 5}
 """Default held-out problems per task. Short: 256 problems, the full grid in about 6 minutes on
-2 cores. Long: 5 per task (10 problems), so that the issue's run (every strategy at nu = 1, 2, 4 and threshold
-decoding, blocks 8 and 32, 3 repeats) takes about 15 minutes on one core: a smoke run measured
-about 22 s per problem through the whole grid once, and each (method, decoding, block) generates
-every problem `repeats` times plus the first batch twice (warm-up, profile), so 40 rows, plus
-about 25 s of loading and calibration (docs/benchmarks.md). A batch then holds 5 problems, not
-16: batches of 16 need 16 problems per task, about 47 minutes at 3 repeats (24 at
+2 cores. Long: 5 per task (10 problems), so that the issue's run (every strategy at nu = 1, 2, 4
+and threshold decoding, blocks 8 and 32, 3 repeats) takes about 15 minutes on one core: a smoke
+run measured about 22 s per problem through the whole grid once, and each (method, decoding,
+block) generates every problem `repeats` times plus the first batch twice (warm-up, profile), so
+40 rows, plus about 25 s of loading and calibration (docs/benchmarks.md). A batch then holds 5
+problems, not 16: batches of 16 need 16 problems per task, about 47 minutes at 3 repeats (24 at
 `--repeats 1`)."""
 
 CALIBRATION_SEED = 90_210

@@ -41,13 +41,22 @@ def format_table(report: dict[str, Any]) -> str:
     """Title line (model, machine, workload), header, and one row per run."""
     model, machine, workload = report["model"], report["machine"], report["workload"]
     title = (
-        f"{model['name']} ({model['family']}), {workload['problems']} problems, batch "
-        f"{workload['batch_size']}, {workload['suite']} suite, gen {workload['gen_length']} "
+        f"{model['name']} ({model['family']}), {workload['problems']} problems, "
+        f"{batch_text(workload)}, {workload['suite']} suite, gen {workload['gen_length']} "
         f"{_blocks(workload['block_lengths'])}, median of {workload['repeats']}; "
         f"{machine['device']} {machine['cpu']}, "
         f"{_threads(machine)}, torch {machine['torch']}, {machine['dtype']}"
     )
     return "\n".join([title, HEADER, *(format_row(run) for run in report["runs"])])
+
+
+def batch_text(workload: dict[str, Any]) -> str:
+    """`batch 16`, or `batch 5 (of 16)` when a task has fewer problems than a batch holds
+    (batches are formed within a task)."""
+    size, per_task = workload["batch_size"], workload.get("problems_per_task")
+    if per_task is not None and per_task < size:
+        return f"batch {per_task} (of {size})"
+    return f"batch {size}"
 
 
 def _blocks(lengths: list[int]) -> str:
