@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= sort 3141592653589793 =
 STAMP := $(VENV)/.installed
 
-.PHONY: install generate test test-slow test-gpu bench bench-micro bench-policies lint docs clean
+.PHONY: install generate test test-slow test-gpu bench bench-long bench-micro bench-policies lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test-gpu: install
 MODEL ?= llada-ref
 bench: install
 	$(BIN)/dyllm bench --model $(MODEL)
+
+# the DyLLM paper's regime: llada-long's 128-token answers, every strategy at nu = 1, 2, 4 and
+# threshold decoding, blocks of 8 and 32; writes bench/results/llada-long-cpu.{json,png}
+# (about 15 minutes on one core; see docs/benchmarks.md)
+bench-long: install
+	$(BIN)/dyllm bench --model llada-long --block-length 8 32 --out-dir bench/results
 
 # pytest-benchmark timings of the sparse step's parts (kept out of `make test`)
 bench-micro: install

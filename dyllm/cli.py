@@ -284,12 +284,29 @@ def _parser() -> argparse.ArgumentParser:
 def _add_bench(commands) -> None:
     from dyllm.bench.decoding import DEFAULT_THRESHOLDS, DEFAULT_TOKENS_PER_STEP
     from dyllm.bench.runner import BenchSettings
+    from dyllm.bench.suites import DEFAULT_SUITE, SUITE_GEN_LENGTHS, SUITE_PROBLEMS_PER_TASK
+    from dyllm.reference.long_tasks import SUITES
+    from dyllm.reference.registry import BUILTIN_SUITES
 
     defaults = BenchSettings()
+    suites = ", ".join(f"{name} ({', '.join(suite.names)})" for name, suite in SUITES.items())
+    own = ", ".join(f"{model} {suite}" for model, suite in BUILTIN_SUITES.items())
+    per_suite = ", ".join(f"{name} {count}" for name, count in SUITE_PROBLEMS_PER_TASK.items())
+    lengths = ", ".join(f"{name} {length}" for name, length in SUITE_GEN_LENGTHS.items())
     bench = commands.add_parser(
-        "bench", help="accuracy against throughput for every policy on the reference tasks"
+        "bench",
+        help="accuracy against throughput for every policy on the reference tasks",
+        description="Accuracy against throughput for every policy, on the held-out problems of "
+        "the model's task suite: every method x decoding setting x block length, dense first at "
+        "each as the speed-up baseline. The long-answer run of the DyLLM paper's regime: "
+        "dyllm bench --model llada-long --block-length 8 32 (make bench-long).",
     )
     bench.add_argument("--model", help=_model_help())
+    bench.add_argument(
+        "--suite",
+        help=f"task suite: {suites} (default: a built-in model's own: {own}; "
+        f"{DEFAULT_SUITE} for any other checkpoint)",
+    )
     bench.add_argument(
         "--method",
         action="append",
@@ -314,15 +331,23 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "--problems-per-task",
         type=int,
-        default=defaults.problems_per_task,
-        help=f"held-out problems per task (default {defaults.problems_per_task})",
+        help=f"held-out problems per task (default per suite: {per_suite})",
     )
     bench.add_argument("--batch-size", type=int, default=defaults.batch_size)
     bench.add_argument(
         "--repeats", type=int, default=defaults.repeats, help="timed passes (median)"
     )
-    bench.add_argument("--gen-length", type=int, help="default: the checkpoint's answer length")
-    bench.add_argument("--block-length", type=int, default=defaults.block_length)
+    bench.add_argument(
+        "--gen-length", type=int, help=f"answer tokens (default per suite: {lengths})"
+    )
+    bench.add_argument(
+        "--block-length",
+        type=int,
+        nargs="+",
+        default=list(defaults.block_lengths),
+        help="one or more block lengths, each dividing the gen length; each gets the whole "
+        f"grid with its own dense baseline (default {' '.join(map(str, defaults.block_lengths))})",
+    )
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--dtype", help="float32, float16 or bfloat16 (default: checkpoint's)")
     bench.add_argument(
@@ -549,7 +574,6 @@ def _run_policies(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     from dyllm.bench import BenchSettings, draw_curves, format_table, parse_method, run_benchmark
     from dyllm.bench.headline import format_headline
-    from dyllm.reference.tasks import TASK_NAMES
 
     tensor_parallel = _join_group(args)
 
@@ -571,12 +595,13 @@ def _run_bench(args: argparse.Namespace) -> int:
         methods=[parse_method(text) for text in args.method] if args.method else None,
         tokens_per_step=tuple(args.tokens_per_step),
         thresholds=tuple(args.threshold),
-        tasks=tuple(args.tasks) if args.tasks else TASK_NAMES,
+        suite=args.suite,
+        tasks=tuple(args.tasks) if args.tasks else None,
         problems_per_task=args.problems_per_task,
         batch_size=args.batch_size,
         repeats=args.repeats,
         gen_length=args.gen_length,
-        block_length=args.block_length,
+        block_lengths=tuple(args.block_length),
         device=args.device,
         dtype=args.dtype,
         threads=None if args.threads == 0 else args.threads,
@@ -584,10 +609,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         check_invariants=args.check_invariants,
         tensor_parallel=args.tensor_parallel,
     )
-    settings.validate()
-    for task in settings.tasks:
-        if task not in TASK_NAMES:
-            raise ValueError(f"unknown task {task!r}; the suite has {', '.join(TASK_NAMES)}")
+    settings.validate()  # suite, tasks, block lengths and nu checked before the model loads
     main_process = launch.is_main_process()
     if main_process:
         if not args.no_plot:

@@ -1,4 +1,5 @@
-"""The issue's three questions about DyLLM at its default tau, answered from a report.
+"""The issue's three questions about DyLLM at its default tau, answered from a report at each
+block length it ran (each block length against its own dense and fast-dual runs).
 
 1. Is its exact-match accuracy within 1 point of dense (both at one token per step)?
 2. Is its throughput at least 3x dense's (same setting)?
@@ -37,20 +38,29 @@ def curve_accuracy_at(curve: list[tuple[float, float]], throughput: float) -> fl
     raise AssertionError("unreachable: throughput lies within the curve's range")
 
 
-def _runs_of(report: dict[str, Any], label: str) -> dict[int, dict[str, Any]]:
+def _runs_of(report: dict[str, Any], label: str, block: int) -> dict[int, dict[str, Any]]:
     return {
         run["decoding"]["tokens_per_step"]: run
         for run in report["runs"]
-        if run["method"]["label"] == label and run["decoding"]["tokens_per_step"] is not None
+        if run["method"]["label"] == label
+        and run["block_length"] == block
+        and run["decoding"]["tokens_per_step"] is not None
     }
 
 
-def headline(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The answers, or None when the report lacks dense, DyLLM at the default tau or fast-dual
-    at one token per step."""
+def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The answers at each block length of `report["workload"]["block_lengths"]` where the grid
+    has dense and DyLLM at the default tau at one token per step and fast-dual (none: [])."""
+    answers = (block_headline(report, block) for block in report["workload"]["block_lengths"])
+    return [answer for answer in answers if answer is not None]
+
+
+def block_headline(report: dict[str, Any], block: int) -> dict[str, Any] | None:
+    """The answers at block length `block`, or None when the report lacks dense, DyLLM at the
+    default tau or fast-dual at one token per step there."""
     tau = DEFAULT_TAU.get(report["model"]["family"], 0.99)
     label = f"dyllm tau={tau:g}"
-    dyllm, dense, dual = (_runs_of(report, name) for name in (label, "dense", "fast-dual"))
+    dyllm, dense, dual = (_runs_of(report, name, block) for name in (label, "dense", "fast-dual"))
     if 1 not in dyllm or 1 not in dense or not dual:
         return None
     curve = [(run["tokens_per_second"], run["exact_match"]) for run in dual.values()]
@@ -61,6 +71,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any] | None:
     points = (dyllm[1]["exact_match"] - dense[1]["exact_match"]) * 100
     speedup = dyllm[1]["tokens_per_second"] / dense[1]["tokens_per_second"]
     return {
+        "block_length": block,
         "method": label,
         "exact_match_points_vs_dense": points,
         "within_1_point": points >= -ACCURACY_MARGIN_POINTS,
@@ -70,15 +81,21 @@ def headline(report: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def format_headline(answers: dict[str, Any] | None) -> str:
-    if answers is None:
+def format_headline(answers: list[dict[str, Any]]) -> str:
+    """One line per block length with answers."""
+    if not answers:
         return "headline: needs dense, dyllm at the default tau and fast-dual in the grid"
+    return "\n".join(_format_block(block_answers) for block_answers in answers)
+
+
+def _format_block(answers: dict[str, Any]) -> str:
     beyond = ", ".join(
         f"{nu} {'yes' if ok else 'no'}" for nu, ok in answers["on_or_beyond_fast_dual"].items()
     )
     return (
-        f"{answers['method']} at nu=1: {answers['exact_match_points_vs_dense']:+.1f} exact-match "
-        f"points vs dense (within 1: {'yes' if answers['within_1_point'] else 'no'}), "
+        f"block {answers['block_length']}: {answers['method']} at nu=1: "
+        f"{answers['exact_match_points_vs_dense']:+.1f} exact-match points vs dense "
+        f"(within 1: {'yes' if answers['within_1_point'] else 'no'}), "
         f"{answers['speedup_vs_dense']:.2f}x dense tokens/s (>= 3x: "
         f"{'yes' if answers['at_least_3x'] else 'no'}); on or beyond fast-dual's curve: {beyond}"
     )

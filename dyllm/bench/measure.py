@@ -3,6 +3,8 @@
 Order of work per (method, decoding), with the method's policy built once beforehand
 (`dyllm.bench.runner`, which also calibrates a policy that asks for it):
 
+The row is for one block length: the one in `workload.options`.
+
 1. warm-up: one generation of the first batch, discarded;
 2. profile: the first batch again, with peak memory and per-step times recorded (kept out of
    the timed runs, whose clocks nothing else touches);
@@ -89,6 +91,7 @@ def measure(
     return {
         "method": method.to_dict(),
         "decoding": decoding.to_dict(),
+        "block_length": workload.options["block_length"],
         "policy": policy.describe(),
         "exact_match": score.overall.exact_match,
         "token_accuracy": score.overall.token_accuracy,
