@@ -47,10 +47,12 @@ bench: install
 	$(BIN)/dyllm bench --model $(MODEL)
 
 # the DyLLM paper's regime: llada-long's 128-token answers, every strategy at nu = 1, 2, 4 and
-# threshold decoding, blocks of 8 and 32; writes bench/results/llada-long-cpu.{json,png}
-# (about 15 minutes on one core; see docs/benchmarks.md)
+# threshold decoding, blocks of 8 and 32, batches of 16 (16 problems per task, one timed pass);
+# writes bench/results/llada-long-cpu.{json,png} (about 25 minutes on one core;
+# docs/benchmarks.md)
 bench-long: install
-	$(BIN)/dyllm bench --model llada-long --block-length 8 32 --out-dir bench/results
+	$(BIN)/dyllm bench --model llada-long --block-length 8 32 --problems-per-task 16 \
+		--repeats 1 --out-dir bench/results
 
 # pytest-benchmark timings of the sparse step's parts (kept out of `make test`)
 bench-micro: install
