@@ -1,10 +1,12 @@
 """The CPU fast path of the saliency attention held to the eager reference.
 
-Cases: float32 and bfloat16, key masks (left padding), padding slots in both row sets, grouped
-query heads, partial sums (tensor parallelism), no refreshed columns, exact rows only, frozen
-mode, and cached softmax statistics. In float32 both compute the same sums in another order
-(tolerance 1e-5 on values of order one); in bfloat16 both compute in float32 and round the
-result once, so they differ by at most one bfloat16 step of the result (tolerance 1e-2).
+Every case runs with both forms of the approximate update (chunked score blocks, and the fused
+form kept for small shapes). Cases: float32 and bfloat16, key masks (left padding), padding
+slots in both row sets, grouped query heads, partial sums (tensor parallelism), no refreshed
+columns, exact rows only, frozen mode, and cached softmax statistics. In float32 both compute
+the same sums in another order (tolerance 1e-5 on values of order one); in bfloat16 both
+compute in float32 and round the result once, so they differ by at most one bfloat16 step of
+the result (tolerance 1e-2).
 """
 
 from __future__ import annotations
@@ -12,8 +14,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dyllm.kernels import PaddedRows, saliency_attention_cpu, saliency_attention_reference
+from dyllm.kernels import (
+    PaddedRows,
+    cpu_saliency_attention,
+    saliency_attention_cpu,
+    saliency_attention_reference,
+)
+from dyllm.kernels.cpu_saliency_attention import columns_update
 from dyllm.kernels.dispatch import implementation
+
+
+@pytest.fixture(autouse=True, params=["chunked", "fused"])
+def update_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with both forms of the approximate update: these shapes are below
+    `FUSED_BELOW`, so the chunked form is forced by lowering it to 0."""
+    if request.param == "chunked":
+        monkeypatch.setattr(cpu_saliency_attention, "FUSED_BELOW", 0)
+    return request.param
 
 
 def _inputs(seed: int, batch: int, heads: int, kv_heads: int, queries: int, length: int, **kw):
@@ -131,3 +148,16 @@ def test_dispatch_takes_the_cpu_path_by_default_and_eager_when_forced(
     assert implementation("saliency_attention", cpu) is saliency_attention_cpu
     # a kernel without a CPU fast path runs its reference under DYLLM_KERNELS=cpu
     assert implementation("gathered_ffn", cpu).__name__ == "gathered_ffn_reference"
+
+
+@pytest.mark.parametrize(
+    "block_scores", [1, 4 * 3 * 7 * 12, 1 << 17], ids=["pair", "ragged", "all"]
+)
+def test_chunking_over_sequence_head_pairs_changes_nothing(block_scores: int) -> None:
+    """One (sequence, key/value head) pair per matmul, chunks that leave a short last one, and
+    every pair at once give the same update (3 sequences x 2 kv heads = 6 pairs; a pair
+    scores 3 query heads x 7 rows x 12 keys)."""
+    (q, key, _, _, _, columns, delta, key_mask), _ = _inputs(11, 3, 6, 2, 7, 12, padding=1)
+    whole = columns_update(q, key, columns, delta, key_mask)
+    chunked = columns_update(q, key, columns, delta, key_mask, block_scores=block_scores)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)

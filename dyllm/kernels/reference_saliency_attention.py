@@ -80,7 +80,7 @@ def saliency_attention_reference(
         # attention with dV as the values, dV zero outside the refreshed columns, is exactly
         # sum over refreshed j of softmax(q K^T / sqrt(D))[r, j] dV[j]: the normaliser still runs
         # over every key, and the fused attention never materialises the probabilities
-        full_delta = _columns_to_full_length(delta_value.float(), delta_columns, key.shape[2])
+        full_delta = columns_to_full_length(delta_value.float(), delta_columns, key.shape[2])
         update = attention(q, key, full_delta, key_mask)  # [B, H, Q, D]
         context_new = context_old.float() + rearrange(update, "b h q d -> b q (h d)")
     else:
@@ -140,7 +140,7 @@ def cached_statistics_update(
     return torch.matmul(weights, expand_kv_heads(delta_value.float(), heads))
 
 
-def _columns_to_full_length(
+def columns_to_full_length(
     delta_value: torch.Tensor, columns: PaddedRows, length: int
 ) -> torch.Tensor:
     """dV [B, KV, S, D] at `columns` -> [B, KV, L, D], zero at every other position.
