@@ -4,17 +4,17 @@ The reference forms the approximate update `softmax(q K^T / sqrt(D))[:, A] dV[A]
 attention whose values are a full-length dV, zero outside the refreshed columns A: it pays the
 score matmul over every key and then a `P V` matmul over every key, although only |A| columns of
 `P` meet a nonzero value. This path pays the score matmul once and takes from it only what the
-update needs, per (sequence, key/value head), on a [G * Q, L] score block (G query heads per
-key/value head) small enough to stay in the CPU's caches:
+update needs, on chunks of (sequence, key/value head) pairs whose [G * Q, L] score blocks (G query
+heads per key/value head) together stay in a CPU core's cache (`SCORE_BLOCK`):
 
-    scores = q K^T / sqrt(D) + mask bias       one matmul (addmm: the bias rides along)
+    scores = q K^T / sqrt(D) + mask bias       one batched matmul (baddbmm: the bias rides along)
     lse    = logsumexp(scores)                 the row's normaliser over every key
     update = exp(scores[:, A] - lse) dV[A]     |A| columns gathered, one small matmul
 
 Materialising the whole batch's probabilities and gathering from them measured about 2x slower
 than the fused reference on a CPU (the [B, H, Q, L] block streams through memory several
-times); blocked per head it is faster (docs/kernels.md, bench/micro), except on small shapes,
-where per-call costs dominate and the reference's fused form is kept (`FUSED_BELOW`). With
+times); in cache-sized chunks it is faster (docs/sparse-step.md, bench/micro), except on small
+shapes, where per-call costs dominate and the fused form is kept (`FUSED_BELOW`). With
 cached softmax statistics (`row_lse`) the update needs no score over all keys at all and is the
 reference's O(|A|) form; exact rows are computed as the reference computes them.
 """
