@@ -45,7 +45,14 @@ def _policies():
         DualCache(),
         DLLMCache(prompt_interval=5, gen_interval=3),
         EveryRow(),
+        CosineThreshold(0.99, warmup_steps=2, softmax_statistics="cached"),
+        TopK(0.25, warmup_steps=2, softmax_statistics="cached"),
     ]
+
+
+def _policy_id(policy) -> str:
+    cached = getattr(policy, "softmax_statistics", "exact") == "cached"
+    return policy.name + ("-cached-statistics" if cached else "")
 
 
 def test_the_counter_sees_read_backs():
@@ -60,7 +67,7 @@ def test_the_counter_sees_read_backs():
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
-@pytest.mark.parametrize("policy", _policies(), ids=lambda p: p.name)
+@pytest.mark.parametrize("policy", _policies(), ids=_policy_id)
 def test_no_read_back_inside_the_layer_loop(family, policy, monkeypatch):
     counts: list[Counter[str]] = []
     original = SparseStep.run

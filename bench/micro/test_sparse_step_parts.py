@@ -6,8 +6,10 @@ the exact rows and the approximate update for the others), FFN (every row; the g
 K/V (projection and RoPE for every row; for the refreshed rows plus the cache write and dV),
 selection (row cosine, threshold and the index sets the next layer needs; dense has none), and
 the whole step (dense forward; a sparse step of the saliency engine under top-k, response rows as
-queries). Summing the sparse parts and comparing with the whole sparse step shows how much of a
-step is bookkeeping outside the kernels.
+queries). A last group times the saliency attention's forms (eager reference, CPU fast path, CPU
+path with cached softmax statistics) at a paper-like shape, batch 16 and 1. Summing the sparse
+parts and comparing with the whole sparse step shows how much of a step is bookkeeping outside
+the kernels.
 
     make bench-micro        # or: pytest bench/micro --benchmark-enable
 
@@ -16,6 +18,7 @@ The default test run skips these (testpaths is tests/, and --benchmark-disable i
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dyllm.engine import SaliencyDenoiser
@@ -166,3 +169,36 @@ def test_step_sparse(benchmark, model, shape, salient_mask) -> None:
         denoiser(canvas, _step_context(shape, 0, salient_mask, canvas, model))  # fills the caches
         benchmark(denoiser, canvas, _step_context(shape, 5, salient_mask, canvas, model))
     assert denoiser.statistics.sparse_steps > 0
+
+
+@pytest.mark.parametrize("batch", [16, 1], ids=["b16", "b1"])
+@pytest.mark.parametrize("form", ["eager", "cpu", "cpu-cached-statistics"])
+def test_saliency_attention_forms(benchmark, form: str, batch: int) -> None:
+    """The saliency attention's forms at the paper-like shape of the CPU comparison (16 heads of
+    64, 256 query rows over 384 keys, 26 refreshed columns and exact rows per sequence): the
+    eager reference (fused attention over a full-length dV), the CPU fast path (scores once,
+    P dV over the refreshed columns only), and the CPU path with cached softmax statistics
+    (O(|A|) per approximate row)."""
+    benchmark.group = f"saliency attention forms, batch {batch}"
+    heads, queries, length, dim, refreshed = 16, 256, 384, 64, 26
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randn(batch, heads, queries, dim, generator=generator)
+    key = torch.randn(batch, heads, length, dim, generator=generator)
+    value = torch.randn(batch, heads, length, dim, generator=generator)
+    context_old = torch.randn(batch, queries, heads * dim, generator=generator)
+    chosen = torch.zeros(batch, length, dtype=torch.bool)
+    for row in range(batch):
+        picked = torch.randperm(queries, generator=generator)[:refreshed] + length - queries
+        chosen[row, picked] = True
+    columns = PaddedRows.from_mask(chosen, refreshed)
+    exact = PaddedRows.from_mask(chosen[:, length - queries :], refreshed)
+    delta = torch.randn(batch, heads, refreshed, dim, generator=generator) * 0.01
+    key_mask = torch.ones(batch, length, dtype=torch.bool)
+    args = (q, key, value, context_old, exact, columns, delta, key_mask)
+    if form == "eager":
+        benchmark(saliency_attention, *args, backend="eager")
+    elif form == "cpu":
+        benchmark(saliency_attention, *args, backend="cpu")
+    else:
+        row_lse = torch.randn(batch, queries, heads, generator=generator) + 6.0
+        benchmark(saliency_attention, *args, backend="cpu", row_lse=row_lse)

@@ -9,6 +9,12 @@ the next step:
 | `value` | [B, KV, L, D] | the row's V is recomputed |
 | `context` | [B, L, H * D] | the row is a query (attention output before o_proj) |
 | `ffn_out` | [B, L, d] | the row goes through the FFN |
+| `lse` (optional) | [B, L, H] float32 | the row's attention is exact (dense or refreshed) |
+
+`lse`, each row's softmax log-sum-exp per head, exists only with `softmax_statistics=True`: a
+policy with cached softmax statistics reads it for the rows it approximates
+(docs/sparse-step.md). It is laid out like `context` (rows, then heads), so a step reads and
+writes the query rows of both the same way. The cache stores it; the engine computes it.
 
 Under tensor parallelism each process keeps the K, V and context of its own heads (H and KV are
 the heads the process holds, `num_heads` / `num_kv_heads`) and the whole FFN output, which the
@@ -46,6 +52,7 @@ class LayerCache:
     value: torch.Tensor
     context: torch.Tensor
     ffn_out: torch.Tensor
+    lse: torch.Tensor | None = None
     written: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def buffer(self, name: str) -> torch.Tensor:
@@ -58,6 +65,7 @@ class CacheManager:
     Row sets are boolean masks [B, L] or (batch_index, position) index pairs; every write marks
     the rows written, every checked read asserts they were. `num_heads` and `num_kv_heads` are
     the heads this process holds (default: the config's, a single process).
+    softmax_statistics: also keep each row's float32 log-sum-exp per head (`lse`).
     """
 
     def __init__(
@@ -71,9 +79,12 @@ class CacheManager:
         *,
         num_heads: int | None = None,
         num_kv_heads: int | None = None,
+        softmax_statistics: bool = False,
     ) -> None:
         self.batch, self.length = batch, length
         self.check_invariants = check_invariants
+        self.buffer_names = BUFFERS + (("lse",) if softmax_statistics else ())
+        """The buffers kept: the four of every cache, and `lse` when asked for."""
         heads = config.num_heads if num_heads is None else num_heads
         kv_heads = config.num_kv_heads if num_kv_heads is None else num_kv_heads
         kv_shape = (batch, kv_heads, length, config.head_dim)
@@ -87,9 +98,11 @@ class CacheManager:
                 ),
                 ffn_out=torch.zeros(batch, length, config.hidden_size, device=device, dtype=dtype),
             )
+            if softmax_statistics:
+                layer.lse = torch.zeros(batch, length, heads, device=device, dtype=torch.float32)
             layer.written = {
                 name: torch.zeros(batch, length, dtype=torch.bool, device=device)
-                for name in BUFFERS
+                for name in self.buffer_names
             }
             self.layers.append(layer)
 
@@ -99,7 +112,7 @@ class CacheManager:
         return sum(
             layer.buffer(name).numel() * layer.buffer(name).element_size()
             for layer in self.layers
-            for name in BUFFERS
+            for name in self.buffer_names
         )
 
     def __getitem__(self, layer: int) -> LayerCache:
@@ -111,6 +124,16 @@ class CacheManager:
         for name in BUFFERS:
             buffers.buffer(name).copy_(getattr(activations, name))
             self.mark_written(layer, name)
+
+    def record_statistics(self, layer: int, lse: torch.Tensor) -> None:
+        """Keep every row's softmax log-sum-exps (float32 [B, L, H]) from a dense forward."""
+        buffers = self.layers[layer]
+        if buffers.lse is None:
+            raise CacheInvariantError(
+                "this cache keeps no softmax statistics; create it with softmax_statistics=True"
+            )
+        buffers.lse.copy_(lse)
+        self.mark_written(layer, "lse")
 
     def written_state(self) -> list[dict[str, torch.Tensor]]:
         """A copy of the bookkeeping masks (empty without invariant checks)."""

@@ -21,7 +21,7 @@ from dyllm.generation.prompts import PromptInput
 from dyllm.generation.step import StepContext
 from dyllm.models import DiffusionTransformer
 from dyllm.policies import AttentionSignals, LayerAdaptive, TopK
-from dyllm.policies.base import AttentionMode
+from dyllm.policies.base import AttentionMode, SoftmaxStatistics
 from dyllm.policies.registry import register_policy
 from dyllm.policies.topk import fraction_of, least_similar
 
@@ -33,6 +33,7 @@ def calibrate_taus(
     warmup_steps: int = 4,
     prompt_refresh_every: int = 4,
     attention: AttentionMode = "approximate",
+    softmax_statistics: SoftmaxStatistics = "exact",
     **generation_options: Any,
 ) -> LayerAdaptive:
     """A `LayerAdaptive` whose taus recompute about `target_fraction` of query rows per layer.
@@ -47,7 +48,7 @@ def calibrate_taus(
     )
     if len(targets) != layers or not all(0.0 < t < 1.0 for t in targets):
         raise ValueError(f"target_fraction needs {layers} values in (0, 1), got {targets}")
-    recorder = CosineRecorder(targets, warmup_steps, prompt_refresh_every)
+    recorder = CosineRecorder(targets, warmup_steps, prompt_refresh_every, softmax_statistics)
     generate(model, prompts, policy=recorder, **generation_options)
     cosines = recorder.cosines
     if not cosines[0]:
@@ -63,15 +64,25 @@ def calibrate_taus(
         warmup_steps=warmup_steps,
         prompt_refresh_every=prompt_refresh_every,
         attention=attention,
+        softmax_statistics=softmax_statistics,
     )
 
 
 class CosineRecorder(TopK):
     """Top-k at each layer's target fraction, keeping the query rows' context cosines."""
 
-    def __init__(self, targets: list[float], warmup_steps: int, prompt_refresh_every: int) -> None:
+    def __init__(
+        self,
+        targets: list[float],
+        warmup_steps: int,
+        prompt_refresh_every: int,
+        softmax_statistics: SoftmaxStatistics = "exact",
+    ) -> None:
         super().__init__(
-            k=targets[0], warmup_steps=warmup_steps, prompt_refresh_every=prompt_refresh_every
+            k=targets[0],
+            warmup_steps=warmup_steps,
+            prompt_refresh_every=prompt_refresh_every,
+            softmax_statistics=softmax_statistics,
         )
         self.targets = targets
         self.seen: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in targets]
@@ -99,6 +110,7 @@ def adaptive_policy(
     warmup_steps: int = 4,
     prompt_refresh_every: int = 4,
     attention: AttentionMode = "approximate",
+    softmax_statistics: SoftmaxStatistics = "exact",
     model: DiffusionTransformer | None = None,
     prompts: PromptInput | None = None,
     generation_options: Mapping[str, Any] | None = None,
@@ -124,7 +136,9 @@ def adaptive_policy(
             + (f"; got {' and '.join(given)}" if given else "")
         )
     if target_fraction is None:
-        return LayerAdaptive(taus, budgets, warmup_steps, prompt_refresh_every, attention)
+        return LayerAdaptive(
+            taus, budgets, warmup_steps, prompt_refresh_every, attention, softmax_statistics
+        )
     if model is None or prompts is None:
         raise ValueError(
             "adaptive with target_fraction calibrates on a model and prompts: call "
@@ -137,5 +151,6 @@ def adaptive_policy(
         warmup_steps,
         prompt_refresh_every,
         attention,
+        softmax_statistics,
         **(generation_options or {}),
     )

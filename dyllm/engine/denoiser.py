@@ -3,7 +3,8 @@
 It owns the `CacheManager` of one generate call (allocated at the first step, for the batch the
 sampler passes: 2B rows under classifier-free guidance) and, each step, asks the policy for a
 plan, then runs either the dense step (the model's one forward, filling every cache through its
-activation sink) or the sparse step, and keeps the per-layer statistics. Logits are computed for
+activation sink; with a policy's cached softmax statistics, `StatisticsSink` also fills each
+row's log-sum-exps) or the sparse step, and keeps the per-layer statistics. Logits are computed for
 the columns the sampler reads (`ctx.logit_start` to `ctx.logit_end`); a plan whose queries do not
 cover them is refused.
 
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from dyllm.cache import CacheManager
+from dyllm.engine.softmax_statistics import StatisticsSink, uses_cached_statistics
 from dyllm.engine.sparse_step import (
     Capacities,
     QueryRows,
@@ -35,7 +37,7 @@ from dyllm.engine.statistics import RecomputeStatistics
 from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.step import StepContext
 from dyllm.models.config import ModelConfig
-from dyllm.models.transformer import DiffusionTransformer
+from dyllm.models.transformer import ActivationSink, DiffusionTransformer
 from dyllm.policies.base import SaliencyPolicy, StepPlan
 
 ROW_CAPACITY_MODES = ("auto", "planned", "read-back")
@@ -71,6 +73,7 @@ class SaliencyDenoiser(Denoiser):
         self.policy = policy
         self.check_invariants = check_invariants
         self.cache: CacheManager | None = None
+        self.cached_statistics = uses_cached_statistics(policy)
         self.statistics = RecomputeStatistics(
             model.config.num_layers, trace=trace, experts_per_row=experts_per_row(model.config)
         )
@@ -90,6 +93,7 @@ class SaliencyDenoiser(Denoiser):
                 self.check_invariants,
                 num_heads=self.model.num_heads,
                 num_kv_heads=self.model.num_kv_heads,
+                softmax_statistics=self.cached_statistics,
             )
         plan = self.policy.plan(ctx)
         if not isinstance(plan, StepPlan):
@@ -101,12 +105,16 @@ class SaliencyDenoiser(Denoiser):
         self.last_step_dense = plan.dense
         if plan.dense:
             self.statistics.record_dense(ctx.step, batch * length)
+            sink: ActivationSink = self.cache
+            if self.cached_statistics:
+                mask = None if ctx.attention_mask is None else ctx.attention_mask.bool()
+                sink = StatisticsSink(self.cache, mask)
             return self.model(
                 x,
                 attention_mask=ctx.attention_mask,
                 position_ids=ctx.position_ids,
                 logit_range=(ctx.logit_start, ctx.logit_end),
-                sink=self.cache,
+                sink=sink,
             )
         return self._sparse(x, ctx, plan)
 

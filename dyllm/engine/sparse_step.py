@@ -6,7 +6,9 @@ Per layer, for the step's query rows (docs/sparse-step.md, docs/architecture.md)
    layer's own stages), RoPE applied and written into the cache by the `kv_update` kernel, which
    returns `dV = V_new - V_old`.
 2. Attention (`saliency_attention` kernel) for every query row: refreshed rows exactly; the others
-   `C_old + softmax(q K^T / sqrt(d)) dV` (approximate) or `C_old` (frozen).
+   `C_old + softmax(q K^T / sqrt(d)) dV` (approximate) or `C_old` (frozen). With a policy's
+   cached softmax statistics the approximate rows take their normaliser from the cache's `lse`
+   (O(refreshed columns) per row) and the refreshed rows write theirs back.
 3. The policy selects rows from the context cosine; the context cache becomes `C_new`.
 4. `h += o_proj(C_new)` (`attention_output`); the FFN runs on the selected rows only
    (`gathered_ffn` kernel; on a mixture-of-experts layer the layer's `feed_forward` over the
@@ -109,6 +111,7 @@ class _Undo:
     old_context: torch.Tensor | None = None
     ffn_rows: FlatRows | None = None
     old_ffn: torch.Tensor | None = None
+    old_lse: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,8 @@ class SparseStep:
                 buffers.ffn_out[undo.ffn_rows.batch_index, undo.ffn_rows.position] = undo.old_ffn
             if undo.old_context is not None:
                 self.queries.write(buffers.context, undo.old_context)
+            if undo.old_lse is not None and buffers.lse is not None:
+                self.queries.write(buffers.lse, undo.old_lse)
             if undo.kv_rows is not None:
                 rows = undo.kv_rows
                 buffers.key[rows.batch_index, :, rows.position] = undo.old_key
@@ -278,6 +283,18 @@ class SparseStep:
         delta_columns = PaddedRows(
             queries.index.gather(1, refreshed.index), refreshed.valid, refreshed.counts
         )
+        row_lse = None  # cached softmax statistics: the query rows' lse [B, Q, H], float32
+        if self.policy.softmax_statistics == "cached":
+            if buffers.lse is None:
+                raise ValueError(
+                    f"policy {self.policy.name!r} uses cached softmax statistics, but the cache "
+                    "keeps none; create it with CacheManager(..., softmax_statistics=True) (the "
+                    "SaliencyDenoiser does so for such a policy)"
+                )
+            cache.assert_written(index, "lse", queries.mask & ~refresh)
+            row_lse = queries.read(buffers.lse).clone()  # the kernel rewrites its exact rows
+            if keep_undo:
+                undo.old_lse = row_lse.clone()
         context_new, signal = saliency_attention(
             layer.project_queries(normed, self.cos, self.sin),  # [B, H, Q, D]
             buffers.key,
@@ -289,7 +306,11 @@ class SparseStep:
             self.step.attention_mask,
             approximate=self.policy.attention == "approximate",
             partial_sums=self.model.shard is not None,
+            row_lse=row_lse,
         )
+        if row_lse is not None:
+            queries.write(buffers.lse, row_lse)
+            cache.mark_written(index, "lse", refresh)
         cosine = self._combined_cosine(signal)  # [B, Q], the same on every process
 
         # 3. selection from the context cosine; the context cache becomes C_new

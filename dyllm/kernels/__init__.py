@@ -1,17 +1,20 @@
 """Kernel layer of the sparse step: the transformer's primitives, and each operation twice, an
-eager reference (the specification, the CPU path) and a Triton kernel (the GPU path), behind one
-typed function that dispatches inside (`DYLLM_KERNELS=auto|eager|triton`). See docs/kernels.md.
+eager reference (the specification) and a Triton kernel (the GPU path), and where it pays a CPU
+fast path beside the reference, behind one typed function that dispatches inside
+(`DYLLM_KERNELS=auto|eager|cpu|triton`). See docs/kernels.md.
 
-| operation | reference | Triton |
-|---|---|---|
-| `saliency_attention` | `reference_saliency_attention.py` | `triton_saliency_attention.py` |
-| `gathered_ffn` | `reference_gathered_ffn.py` | `triton_gathered_ffn.py` |
-| `kv_update` | `reference_kv_update.py` | `triton_kv_update.py` |
+| operation | reference (`reference_*`) | CPU fast path | Triton (`triton_*`) |
+|---|---|---|---|
+| `saliency_attention` | `..._saliency_attention.py` | `cpu_saliency_attention.py` | `...` |
+| `gathered_ffn` | `..._gathered_ffn.py` | (the reference) | `...` |
+| `kv_update` | `..._kv_update.py` | (the reference) | `...` |
 
-The references are imported (and so registered) here; the Triton modules on first request.
+The references and CPU paths are imported (and so registered) here; the Triton modules on first
+request.
 Nothing here imports anything of dyllm above this package.
 """
 
+from dyllm.kernels.cpu_saliency_attention import saliency_attention_cpu
 from dyllm.kernels.dispatch import implementation, register, requested_backend, triton_interpreting
 from dyllm.kernels.operations import gathered_ffn, kv_update, saliency_attention
 from dyllm.kernels.primitives import row_cosine
@@ -33,6 +36,7 @@ __all__ = [
     "requested_backend",
     "row_cosine",
     "saliency_attention",
+    "saliency_attention_cpu",
     "saliency_attention_reference",
     "triton_interpreting",
 ]

@@ -1,9 +1,12 @@
-"""One switch between each kernel's implementations: the eager reference and the GPU kernels.
+"""One switch between each kernel's implementations: the eager reference, CPU fast paths and the
+GPU kernels.
 
 Callers use the typed functions of `dyllm.kernels.operations`; this module is the registry they
 dispatch through. `DYLLM_KERNELS` (or a `backend` argument) chooses: `eager` forces the PyTorch
-reference, `triton` forces the GPU kernel, `auto` (default) takes Triton for CUDA tensors when
-Triton is installed and the reference otherwise. Tests set it to compare the two paths.
+reference, `triton` forces the GPU kernel, `cpu` takes a kernel's CPU fast path where it has one
+(plain PyTorch shaped for a CPU's caches, held to the reference by tests) and the reference
+otherwise, `auto` (default) takes Triton for CUDA tensors when Triton is installed, the CPU fast
+path for CPU tensors, and the reference otherwise. Tests set it to compare the paths.
 
 Triton kernel modules (and triton itself) are imported on first request, not with the package:
 Triton decides when it is imported, and when each kernel is defined, whether code is compiled for
@@ -22,7 +25,9 @@ from typing import Any
 
 import torch
 
-BACKENDS = ("auto", "eager", "triton")
+BACKENDS = ("auto", "eager", "cpu", "triton")
+IMPLEMENTATION_KINDS = ("eager", "cpu", "triton")
+"""What `register` accepts: the reference, a CPU fast path, a Triton kernel."""
 
 TRITON_MODULES = {
     "saliency_attention": "dyllm.kernels.triton_saliency_attention",
@@ -36,8 +41,10 @@ _IMPLEMENTATIONS: dict[str, dict[str, Callable[..., Any]]] = {}
 
 def register(name: str, backend: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: make `function` the `backend` implementation of kernel `name`."""
-    if backend not in ("eager", "triton"):
-        raise ValueError(f"backend must be 'eager' or 'triton', got {backend!r}")
+    if backend not in IMPLEMENTATION_KINDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(IMPLEMENTATION_KINDS)}, got {backend!r}"
+        )
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         _IMPLEMENTATIONS.setdefault(name, {})[backend] = function
@@ -63,7 +70,12 @@ def implementation(
         raise KeyError(f"no kernel named {name!r} is registered")
     choice = requested_backend(backend)
     if choice == "auto":
-        choice = "triton" if device.type == "cuda" and _load_triton(name) else "eager"
+        if device.type == "cuda" and _load_triton(name):
+            choice = "triton"
+        else:
+            choice = "cpu" if device.type == "cpu" and "cpu" in implementations else "eager"
+    elif choice == "cpu":
+        choice = "cpu" if "cpu" in implementations else "eager"  # no fast path: the reference
     elif choice == "triton":
         if device.type != "cuda" and not triton_interpreting():
             raise ValueError(

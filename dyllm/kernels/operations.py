@@ -52,6 +52,7 @@ def saliency_attention(
     *,
     approximate: bool = True,
     partial_sums: bool = False,
+    row_lse: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """New contexts [B, Q, H*D] of the query rows and their float32 cosine [B, Q] to the old.
@@ -62,6 +63,9 @@ def saliency_attention(
     partial_sums: return, instead of the cosine, float32 [3, B, Q] holding (new.old, new.new,
     old.old) summed over these H heads; a process holding some of the heads adds these over the
     processes and combines them (`primitives.cosine_from_partial_sums`).
+    row_lse: float32 [B, Q, H], the query rows' cached softmax log-sum-exps per head: when given,
+    approximate rows use them as their normalisers (an O(|A|) update, no score over every key)
+    and the exact rows' entries are overwritten in place with their new log-sum-exps.
     """
     run = implementation("saliency_attention", q.device, backend)
     return run(
@@ -75,6 +79,7 @@ def saliency_attention(
         key_mask,
         approximate=approximate,
         partial_sums=partial_sums,
+        row_lse=row_lse,
     )
 
 

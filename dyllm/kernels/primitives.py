@@ -20,6 +20,8 @@ different processes (tensor parallelism, `dyllm.distributed`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -103,6 +105,27 @@ def attention(
     v = expand_kv_heads(v, q.shape[1])
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+
+
+def attention_logsumexp(
+    q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Each query row's softmax normaliser: `logsumexp_j(q k_j / sqrt(D))` over the attended keys.
+
+    q: [B, H, Lq, D]; k: [B, KV, Lk, D]; key_mask: [B, Lk] bool (True = attend) or None.
+    Returns float32 [B, H, Lq], computed in float32 one sequence at a time (a [H, Lq, Lk] score
+    block, not the batch's). `exp(score - logsumexp)` is then the row's attention weight.
+    """
+    batch, heads, rows, head_dim = q.shape
+    out = torch.empty(batch, heads, rows, dtype=torch.float32, device=q.device)
+    keys = expand_kv_heads(k, heads)
+    for b in range(batch):
+        scores = torch.matmul(q[b].float(), keys[b].float().transpose(-1, -2))
+        scores = scores / math.sqrt(head_dim)  # [H, Lq, Lk]
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[b], float("-inf"))
+        out[b] = torch.logsumexp(scores, dim=-1)
+    return out
 
 
 def row_cosine(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -250,8 +250,16 @@ def saliency_attention_triton(
     key_mask: torch.Tensor | None,
     approximate: bool = True,
     partial_sums: bool = False,
+    row_lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `saliency_attention_reference` (shapes and semantics there)."""
+    """Same contract as `saliency_attention_reference` (shapes and semantics there), without
+    cached softmax statistics (`row_lse`), which it refuses before computing anything."""
+    if row_lse is not None:
+        raise ValueError(
+            "the Triton saliency attention does not support cached softmax statistics "
+            "(row_lse, a policy's softmax_statistics='cached'); use softmax_statistics='exact', "
+            "or run the reference kernels with DYLLM_KERNELS=eager"
+        )
     batch, heads, num_rows, head_dim = q.shape
     exact = exact_rows.mask(num_rows)  # the kernel reads exact rows as a [B, Q] mask
     kv_heads, length = key.shape[1], key.shape[2]

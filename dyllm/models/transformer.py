@@ -58,6 +58,8 @@ class LayerActivations:
     """[B, L, H * D]: attention output before o_proj (H: this process's query heads)."""
     ffn_out: torch.Tensor
     """[B, L, d]: FFN output before the residual add (summed over processes)."""
+    query: torch.Tensor | None = None
+    """[B, H, L, D] after RoPE, for a sink that derives softmax statistics (None: not given)."""
 
 
 class ActivationSink(Protocol):
@@ -232,7 +234,7 @@ class DecoderLayer(nn.Module):
         h = x + self.attention_output(context)
         ffn_out = self.feed_forward(h)
         if record is not None:
-            record(LayerActivations(k, v, context, ffn_out))
+            record(LayerActivations(k, v, context, ffn_out, query=q))
         return h + ffn_out
 
 

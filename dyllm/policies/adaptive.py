@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from dyllm.generation.step import StepContext
-from dyllm.policies.base import AttentionMode, AttentionSignals
+from dyllm.policies.base import AttentionMode, AttentionSignals, SoftmaxStatistics
 from dyllm.policies.query_schedule import DyLLMSchedule
 from dyllm.policies.topk import fraction_of, least_similar
 
@@ -30,8 +30,9 @@ class LayerAdaptive(DyLLMSchedule):
         warmup_steps: int = 4,
         prompt_refresh_every: int = 4,
         attention: AttentionMode = "approximate",
+        softmax_statistics: SoftmaxStatistics = "exact",
     ) -> None:
-        super().__init__(warmup_steps, prompt_refresh_every, attention)
+        super().__init__(warmup_steps, prompt_refresh_every, attention, softmax_statistics)
         if (taus is None) == (budgets is None):
             raise ValueError("give exactly one of taus (per-layer thresholds) or budgets")
         if budgets is not None and not all(0.0 < b <= 1.0 for b in budgets):

@@ -10,7 +10,10 @@ A policy answers four questions; the engine asks them and does all the work:
 3. `select(layer, signals)`: per layer, after attention, which query rows go through the FFN
    (and so are refreshed at the next layer). The others reuse their cached FFN output.
 4. `attention`: how query rows that are not refreshed get their attention context: "approximate"
-   (`C_old + softmax(q K^T / sqrt(d)) dV`, DyLLM) or "frozen" (the cached context as it was).
+   (`C_old + softmax(q K^T / sqrt(d)) dV`, DyLLM) or "frozen" (the cached context as it was);
+   and, for "approximate", where the softmax normaliser comes from (`softmax_statistics`):
+   "exact" scores every key (the paper), "cached" reuses each row's log-sum-exp from its last
+   exact computation, so a non-refreshed row's update costs O(refreshed columns), not O(keys).
 
 A policy may also say how many rows it can pick at most (`row_budget`), which lets the engine
 size its buffers without waiting for the device (see docs/architecture.md).
@@ -35,6 +38,7 @@ import torch
 from dyllm.generation.step import StepContext
 
 AttentionMode = Literal["approximate", "frozen"]
+SoftmaxStatistics = Literal["exact", "cached"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class SaliencyPolicy(ABC):
 
     name: str = "policy"
     attention: AttentionMode = "approximate"
+    softmax_statistics: SoftmaxStatistics = "exact"
 
     def reset(self, num_layers: int) -> None:  # noqa: B027 - optional hook
         """Called once per generate call before the first step."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from dyllm.policies.base import AttentionMode, AttentionSignals
+from dyllm.policies.base import AttentionMode, AttentionSignals, SoftmaxStatistics
 from dyllm.policies.query_schedule import DyLLMSchedule
 
 DEFAULT_TAU = {"llada": 0.99, "dream": 0.995}
@@ -27,8 +27,9 @@ class CosineThreshold(DyLLMSchedule):
         warmup_steps: int = 4,
         prompt_refresh_every: int = 4,
         attention: AttentionMode = "approximate",
+        softmax_statistics: SoftmaxStatistics = "exact",
     ) -> None:
-        super().__init__(warmup_steps, prompt_refresh_every, attention)
+        super().__init__(warmup_steps, prompt_refresh_every, attention, softmax_statistics)
         if not -1.0 <= tau <= 1.0:
             raise ValueError(f"tau is a cosine similarity threshold in [-1, 1], got {tau}")
         self.tau = tau

@@ -6,12 +6,16 @@
   the response rows are queries (prompt K/V, context and FFN stay cached); on the last one the
   whole sequence is a query set, still processed sparsely.
 * Layer 0's refreshed rows are the positions the previous step committed.
+
+`softmax_statistics="cached"` (off by default) makes the approximate update of a non-refreshed
+row use the row's cached log-sum-exp from its last exact computation instead of scoring every
+key (docs/sparse-step.md); it needs `attention="approximate"`.
 """
 
 from __future__ import annotations
 
 from dyllm.generation.step import StepContext
-from dyllm.policies.base import AttentionMode, SaliencyPolicy, StepPlan
+from dyllm.policies.base import AttentionMode, SaliencyPolicy, SoftmaxStatistics, StepPlan
 
 
 class DyLLMSchedule(SaliencyPolicy):
@@ -22,6 +26,7 @@ class DyLLMSchedule(SaliencyPolicy):
         warmup_steps: int = 4,
         prompt_refresh_every: int = 4,
         attention: AttentionMode = "approximate",
+        softmax_statistics: SoftmaxStatistics = "exact",
     ) -> None:
         if warmup_steps < 1:
             raise ValueError(
@@ -32,6 +37,17 @@ class DyLLMSchedule(SaliencyPolicy):
             raise ValueError(f"prompt_refresh_every must be at least 1, got {prompt_refresh_every}")
         if attention not in ("approximate", "frozen"):
             raise ValueError(f"attention must be 'approximate' or 'frozen', got {attention!r}")
+        if softmax_statistics not in ("exact", "cached"):
+            raise ValueError(
+                f"softmax_statistics must be 'exact' or 'cached', got {softmax_statistics!r}"
+            )
+        if softmax_statistics == "cached" and attention != "approximate":
+            raise ValueError(
+                "softmax_statistics='cached' changes the approximate attention update only; with "
+                f"attention={attention!r} it has nothing to do: use attention='approximate' or "
+                "softmax_statistics='exact'"
+            )
+        self.softmax_statistics = softmax_statistics
         self.warmup_steps = warmup_steps
         self.prompt_refresh_every = prompt_refresh_every
         self.attention = attention
@@ -51,4 +67,5 @@ class DyLLMSchedule(SaliencyPolicy):
             **super().describe(),
             "warmup_steps": self.warmup_steps,
             "prompt_refresh_every": self.prompt_refresh_every,
+            "softmax_statistics": self.softmax_statistics,
         }

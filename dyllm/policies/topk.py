@@ -12,7 +12,7 @@ import math
 import torch
 
 from dyllm.generation.step import StepContext
-from dyllm.policies.base import AttentionMode, AttentionSignals
+from dyllm.policies.base import AttentionMode, AttentionSignals, SoftmaxStatistics
 from dyllm.policies.query_schedule import DyLLMSchedule
 
 
@@ -27,8 +27,9 @@ class TopK(DyLLMSchedule):
         warmup_steps: int = 4,
         prompt_refresh_every: int = 4,
         attention: AttentionMode = "approximate",
+        softmax_statistics: SoftmaxStatistics = "exact",
     ) -> None:
-        super().__init__(warmup_steps, prompt_refresh_every, attention)
+        super().__init__(warmup_steps, prompt_refresh_every, attention, softmax_statistics)
         if isinstance(k, float) and not 0.0 < k <= 1.0:
             raise ValueError(f"a fractional k must lie in (0, 1], got {k}")
         if isinstance(k, int) and k < 1:
