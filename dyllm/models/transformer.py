@@ -163,20 +163,20 @@ class DecoderLayer(nn.Module):
         """q [B, H, L, D], k and v [B, KV, L, D] from normed rows [B, L, d]; q and k rotated.
 
         A fused QKV is one matmul here, split afterwards (the sparse step's separate stages
-        multiply by the parts' row slices instead)."""
-        if self.config.fused_qkv:
-            kv_rows = self.num_kv_heads * self.config.head_dim
-            q, k, v = self.qkv_proj(normed).split(
-                [self.num_heads * self.config.head_dim, kv_rows, kv_rows], dim=-1
-            )
-            q = self._finish(q, self._norm("q_norm"))
-            k = self._finish(k, self._norm("k_norm"))
-            v = self._finish(v, None)
-        else:
-            q = self._finish(self.q_proj(normed), self._norm("q_norm"))
-            k = self.project_keys(normed)
-            v = self.project_values(normed)
+        multiply by the parts' row slices instead); separate projections are the stages
+        themselves."""
         heads = partial(rearrange, pattern="b l (h d) -> b h l d", d=self.config.head_dim)
+        if not self.config.fused_qkv:
+            q = self.project_queries(normed, cos, sin)
+            k = self._rope(heads(self.project_keys(normed)), cos, sin)
+            return q, k, heads(self.project_values(normed))
+        kv_rows = self.num_kv_heads * self.config.head_dim
+        q, k, v = self.qkv_proj(normed).split(
+            [self.num_heads * self.config.head_dim, kv_rows, kv_rows], dim=-1
+        )
+        q = self._finish(q, self._norm("q_norm"))
+        k = self._finish(k, self._norm("k_norm"))
+        v = self._finish(v, None)
         return self._rope(heads(q), cos, sin), self._rope(heads(k), cos, sin), heads(v)
 
     def _norm(self, name: str) -> RMSNorm | None:
