@@ -111,6 +111,10 @@ def test_the_fixtures_exercise_what_they_claim() -> None:
     assert llada2["threshold_eos_stop"]["eos_stop_exercised"]
     assert llada2["low_threshold_commit_all"]["commit_all_exercised"]
     assert llada2["commit_all_eos_early_stop"]["returned_early"]
+    assert llada2["editing_eos_early_stop"]["stopped_early"]
+    past = llada2["eos_early_stop_past_gen_length"]
+    assert past["answer_longer_than_gen_length"]
+    assert len(past["output"]) > past["arguments"]["gen_length"]
     assert all(run["edits_observed"] > 0 for _, run in LLADA21_RUNS)
     assert runs_of("llada2")["llada21_forward_equals_llada20"]
     for name in FOLDERS:
