@@ -112,13 +112,16 @@ class GenerationConfig:
 
     gen_length: int | None = None
     """Tokens to generate per prompt (the answer canvas); None = the checkpoint's `gen_length`
-    (or `max_new_tokens`) in generation_config.json, else LLaDA 128, Dream 20."""
+    (or `max_new_tokens`) in generation_config.json, else LLaDA 128, Dream 20; LLaDA2 2048
+    (its samplers read no generation_config.json)."""
     steps: int | None = None
     """Denoising steps over the whole answer; None = LLaDA gen_length, Dream the checkpoint's
-    `steps`, else 512. Ignored with threshold/factor."""
+    `steps`, else 512. Ignored with threshold/factor. LLaDA2.0: steps per block (32); refused
+    under LLaDA2.1, where it has no effect."""
     block_length: int | None = None
     """Semi-autoregressive block size; None = 32 for LLaDA (one block if 32 does not divide
-    gen_length), gen_length for Dream (one block, the reference)."""
+    gen_length), gen_length for Dream (one block, the reference), 32 for LLaDA2 (any
+    gen_length: its canvas is rounded up to whole blocks)."""
     temperature: float | None = None
     """0 = greedy; None = the checkpoint's value, else LLaDA 0, Dream 1.0 (its reference's)."""
     seed: int | None = 0
@@ -126,7 +129,9 @@ class GenerationConfig:
     fresh one, reported in `result.options`."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked token of the block with confidence
-    >= threshold (always the most confident one)."""
+    >= threshold (always the most confident one). LLaDA2: its own rule (commit every mask with
+    confidence > threshold when at least the step's count are, else the most confident);
+    None = 0.95."""
     factor: float | None = None
     """Fast-dLLM factor rule: commit the longest confidence-sorted prefix with
     c_n >= 1 - factor / (n + 1)."""
@@ -138,7 +143,8 @@ class GenerationConfig:
     """Most prompts run together; more are run in batches of this size, one after another
     (greedy results are those of one batch: padding never changes a row). None = one batch."""
     sampler: str | None = None
-    """"llada" or "dream"; None = the model's family."""
+    """"llada", "dream", "llada2" (LLaDA2.0 block diffusion) or "llada2.1" (token editing);
+    None = the model's family's."""
     cfg_scale: float = 0.0
     """LLaDA classifier-free guidance: logits = un + (cfg_scale + 1) * (cond - un)."""
     remasking: str = "low_confidence"
