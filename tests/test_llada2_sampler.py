@@ -39,6 +39,11 @@ class ScriptedBlockModel:
         return logits
 
 
+def windows(result) -> list[int]:
+    """The window of each forward call of a one-prompt run."""
+    return [ends[0] for ends in result.window_lengths]
+
+
 def probability(strength: float) -> float:
     return math.exp(strength) / (math.exp(strength) + VOCAB - 1)
 
@@ -56,12 +61,12 @@ def test_threshold_commits_every_confident_mask_else_the_scheduled_count() -> No
     result = llada2_generate(
         model, [1, 2, 3, 4], mask_id=MASK, eos_id=EOS, gen_length=4, block_length=4, steps=4
     )
-    assert result.tokens == [5, 6, 7, 8]
+    assert result.tokens[0] == [5, 6, 7, 8]
     # step 1: both confident masks at once (2 > n = 1); step 2: the more confident of the
     # others (position 7); step 3: the last
     canvases = [call[0, 4:].tolist() for call in model.calls]
     assert canvases == [[MASK] * 4, [5, 6, MASK, MASK], [5, 6, MASK, 8]]
-    assert result.window_lengths == [8, 8, 8] and result.blocks_denoised == 1
+    assert windows(result) == [8, 8, 8] and len(set(windows(result))) == 1
 
 
 def test_prompt_blocks_are_skipped_and_prompt_tokens_stay() -> None:
@@ -73,9 +78,9 @@ def test_prompt_blocks_are_skipped_and_prompt_tokens_stay() -> None:
         model, [1, 2, 3, 4, 5, 6], mask_id=MASK, eos_id=EOS, gen_length=6, block_length=4
     )
     assert model.calls[0][0, :6].tolist() == [1, 2, 3, 4, 5, 6]
-    assert result.window_lengths[0] == 8  # block 0 (all prompt) is never denoised
+    assert windows(result)[0] == 8  # block 0 (all prompt) is never denoised
     assert all(call[0, :6].tolist() == [1, 2, 3, 4, 5, 6] for call in model.calls)
-    assert result.tokens == [5, 6, EOS]
+    assert result.tokens[0] == [5, 6, EOS]
 
 
 def test_eos_stops_after_its_block_and_cuts_the_answer() -> None:
@@ -85,8 +90,8 @@ def test_eos_stops_after_its_block_and_cuts_the_answer() -> None:
         model, [1, 2, 3, 4], mask_id=MASK, eos_id=EOS, gen_length=12, block_length=4, steps=4
     )
     # the whole block is finished (its later tokens too), then no later block is run
-    assert max(result.window_lengths) == 8 and result.blocks_denoised == 1
-    assert result.tokens == [5, EOS]
+    assert max(windows(result)) == 8 and len(set(windows(result))) == 1
+    assert result.tokens[0] == [5, EOS]
 
 
 def test_without_eos_every_generated_token_is_returned() -> None:
@@ -96,8 +101,8 @@ def test_without_eos_every_generated_token_is_returned() -> None:
         model, [1, 2, 3], mask_id=MASK, eos_id=EOS, gen_length=6, block_length=4, steps=2
     )
     # 3 + 6 positions need 3 blocks of 4; the answer is exactly gen_length tokens
-    assert result.tokens == [3, 4, 5, 6, 7, 8]
-    assert sorted(set(result.window_lengths)) == [4, 8, 12]
+    assert result.tokens[0] == [3, 4, 5, 6, 7, 8]
+    assert sorted(set(windows(result))) == [4, 8, 12]
 
 
 def test_steps_are_capped_by_minimal_topk() -> None:
@@ -116,7 +121,7 @@ def test_steps_are_capped_by_minimal_topk() -> None:
     # steps = min(8, 6 // 2) = 3; the schedule comes from block_length (8), not from the
     # block's 6 masks: [3, 3, 2], so two steps finish the block
     assert len(model.calls) == 2
-    assert result.tokens == [5] * 6
+    assert result.tokens[0] == [5] * 6
 
 
 def test_eos_early_stop_returns_at_once() -> None:
@@ -132,7 +137,7 @@ def test_eos_early_stop_returns_at_once() -> None:
         steps=4,
         eos_early_stop=True,
     )
-    assert result.tokens == [5, EOS] and result.forward_calls == 1
+    assert result.tokens[0] == [5, EOS] and result.forward_calls == 1
 
 
 @pytest.mark.parametrize(
@@ -140,7 +145,7 @@ def test_eos_early_stop_returns_at_once() -> None:
     [
         ([1, 2], {"temperature": 0.5}, "greedy only"),
         ([1, 2], {"top_p": 0.9}, "greedy only"),
-        (torch.ones(2, 3, dtype=torch.long), {}, "one prompt"),
+        (torch.ones(2, 3, dtype=torch.long), {}, "takes one prompt"),
         ([], {}, "prompt is empty"),
         ([1, 2], {"block_length": 0}, "block_length must be an integer >= 1"),
         ([1, 2], {"threshold": 1.5}, r"threshold must be a number in \[0, 1\]"),
@@ -190,7 +195,7 @@ def test_editing_rewrites_a_confident_changed_token_then_stops() -> None:
 
     model = CanvasModel(script, block_length=4)
     result = run21(model, [1, 2, 3, 4], gen_length=4, editing_threshold=0.9)
-    assert result.tokens == [5, 9, 7, 8]
+    assert result.tokens[0] == [5, 9, 7, 8]
     # commit all four, edit position 5, then a step with neither mask nor edit ends the block
     assert [call[4:] for call in model.calls] == [[MASK] * 4, [5, 6, 7, 8], [5, 9, 7, 8]]
 
@@ -206,7 +211,7 @@ def test_edits_stop_after_max_post_steps() -> None:
     result = run21(model, [1, 2, 3, 4], gen_length=4, editing_threshold=0.9, max_post_steps=2)
     # step 1 commits; steps 2 and 3 (post 1, 2) edit; post 3 > 2 ends the block uncalled
     assert len(model.calls) == 3
-    assert result.tokens == [5, 6, 7, 8]
+    assert result.tokens[0] == [5, 6, 7, 8]
 
 
 def test_prompt_tokens_are_never_edited_and_low_confidence_takes_num_to_transfer() -> None:
@@ -218,7 +223,7 @@ def test_prompt_tokens_are_never_edited_and_low_confidence_takes_num_to_transfer
     assert all(call[:6] == [1, 2, 3, 4, 5, 6] for call in model.calls)
     # neither mask is above 0.7: both are committed at once (num_to_transfer = 2)
     assert model.calls[1][6:] == [5, 6]
-    assert result.tokens == [5, 6]
+    assert result.tokens[0] == [5, 6]
 
 
 def test_no_eos_stop_between_blocks_but_the_answer_is_cut() -> None:
@@ -230,7 +235,7 @@ def test_no_eos_stop_between_blocks_but_the_answer_is_cut() -> None:
     model = CanvasModel(script, block_length=4)
     result = run21(model, [1, 2, 3, 4], gen_length=8)
     assert max(len(call) for call in model.calls) == 12  # block 2 ran despite the EOS
-    assert result.tokens == [5, EOS]
+    assert result.tokens[0] == [5, EOS]
 
 
 @pytest.mark.parametrize(

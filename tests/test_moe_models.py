@@ -213,10 +213,13 @@ def test_llada_moe_generates_with_llada_s_sampler_by_default(checkpoints) -> Non
     assert all(len(row) == 16 and 63 not in row for row in result.token_ids)
 
 
-def test_llada2_asks_for_a_sampler(checkpoints) -> None:
+def test_llada2_generates_with_its_block_diffusion_sampler_by_default(checkpoints) -> None:
     model = dyllm.load(checkpoints["llada2"], dtype="float32")
-    with pytest.raises(ValueError, match="pass sampler='llada'"):
-        dyllm.generate(model, PROMPTS, gen_length=8, steps=8)
+    result = dyllm.generate(model, PROMPTS, gen_length=8, steps=4, block_length=4)
+    assert result.options.sampler == "llada2" and result.options.block_cache is True
+    assert all(
+        0 < len(row) <= 8 and model.config.mask_token_id not in row for row in result.token_ids
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

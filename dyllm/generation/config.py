@@ -35,11 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SAMPLERS = ("llada", "dream")
-FAMILY_SAMPLERS = {"llada": "llada", "dream": "dream", "llada_moe": "llada"}
+SAMPLERS = ("llada", "dream", "llada2", "llada2.1")
+BLOCK_SAMPLERS = ("llada2", "llada2.1")
+"""LLaDA2.0's block diffusion and LLaDA2.1's token editing (`dyllm.generation.llada2`)."""
+FAMILY_SAMPLERS = {"llada": "llada", "dream": "dream", "llada_moe": "llada", "llada2": "llada2"}
 """The sampler a model family runs by default: LLaDA-MoE's official sampler is LLaDA's
-`generate` (REFERENCE-families.md). LLaDA2's block-diffusion samplers are not wired yet, so it
-has no default (pass `sampler=`)."""
+`generate`, LLaDA2's is LLaDA2.0's block diffusion (REFERENCE-families.md); LLaDA2.1 checkpoints
+share the family, so their token-editing sampler is `sampler="llada2.1"`."""
 REMASKING_RULES = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -75,6 +77,26 @@ OPTION_ALIASES: dict[str, str] = {"max_new_tokens": "gen_length"}
 FRESH_SEED_BITS = 31
 """`seed=None` draws a seed below 2**31, short enough to copy from a report."""
 
+LLADA2_DEFAULTS: dict[str, Any] = {
+    "gen_length": 2048,
+    "block_length": 32,
+    "steps": 32,
+    "temperature": 0.0,
+    "threshold": 0.95,
+    "minimal_topk": 1,
+    "editing_threshold": 0.9,
+    "max_post_steps": 16,
+    "num_to_transfer": 1,
+    "block_cache": True,
+}
+"""The official `generate` arguments' defaults of LLaDA2.0 and 2.1 (the last three 2.1's), and
+dyllm's exact block cache on (`block_cache=False` recomputes the window as the reference does).
+The official samplers read no generation_config.json, so neither does dyllm for them."""
+LLADA20_ONLY = ("steps", "minimal_topk")
+LLADA21_ONLY = ("editing_threshold", "max_post_steps", "num_to_transfer")
+BLOCK_ONLY = ("minimal_topk", "editing_threshold", "max_post_steps", "num_to_transfer")
+BLOCK_ONLY_SET = ("eos_id", "block_cache")
+
 DREAM_ONLY = ("alg", "alg_temp", "top_p", "top_k", "eps")
 LLADA_ONLY_DEFAULTS: dict[str, Any] = {
     "cfg_scale": 0.0,
@@ -90,13 +112,16 @@ class GenerationConfig:
 
     gen_length: int | None = None
     """Tokens to generate per prompt (the answer canvas); None = the checkpoint's `gen_length`
-    (or `max_new_tokens`) in generation_config.json, else LLaDA 128, Dream 20."""
+    (or `max_new_tokens`) in generation_config.json, else LLaDA 128, Dream 20; LLaDA2 2048
+    (its samplers read no generation_config.json)."""
     steps: int | None = None
     """Denoising steps over the whole answer; None = LLaDA gen_length, Dream the checkpoint's
-    `steps`, else 512. Ignored with threshold/factor."""
+    `steps`, else 512. Ignored with threshold/factor. LLaDA2.0: steps per block (32); refused
+    under LLaDA2.1, where it has no effect."""
     block_length: int | None = None
     """Semi-autoregressive block size; None = 32 for LLaDA (one block if 32 does not divide
-    gen_length), gen_length for Dream (one block, the reference)."""
+    gen_length), gen_length for Dream (one block, the reference), 32 for LLaDA2 (any
+    gen_length: its canvas is rounded up to whole blocks)."""
     temperature: float | None = None
     """0 = greedy; None = the checkpoint's value, else LLaDA 0, Dream 1.0 (its reference's)."""
     seed: int | None = 0
@@ -104,7 +129,9 @@ class GenerationConfig:
     fresh one, reported in `result.options`."""
     threshold: float | None = None
     """Fast-dLLM parallel decoding: commit every masked token of the block with confidence
-    >= threshold (always the most confident one)."""
+    >= threshold (always the most confident one). LLaDA2: its own rule (commit every mask with
+    confidence > threshold when at least the step's count are, else the most confident);
+    None = 0.95."""
     factor: float | None = None
     """Fast-dLLM factor rule: commit the longest confidence-sorted prefix with
     c_n >= 1 - factor / (n + 1)."""
@@ -116,7 +143,8 @@ class GenerationConfig:
     """Most prompts run together; more are run in batches of this size, one after another
     (greedy results are those of one batch: padding never changes a row). None = one batch."""
     sampler: str | None = None
-    """"llada" or "dream"; None = the model's family."""
+    """"llada", "dream", "llada2" (LLaDA2.0 block diffusion) or "llada2.1" (token editing);
+    None = the model's family's."""
     cfg_scale: float = 0.0
     """LLaDA classifier-free guidance: logits = un + (cfg_scale + 1) * (cond - un)."""
     remasking: str = "low_confidence"
@@ -139,6 +167,23 @@ class GenerationConfig:
     eps: float | None = None
     """Dream: the last timestep of linspace(1, eps, steps + 1); None = the checkpoint's, else
     1e-3."""
+    eos_early_stop: bool = False
+    """LLaDA2: return as soon as an EOS is committed with nothing masked before it (2.0), or
+    stop after a block whose answer so far is unmasked and holds an EOS (2.1)."""
+    minimal_topk: int | None = None
+    """LLaDA2.0: steps are capped at gen_length // minimal_topk; None = 1."""
+    editing_threshold: float | None = None
+    """LLaDA2.1: rewrite a generated token when the model proposes another with probability
+    above this; None = 0.9."""
+    max_post_steps: int | None = None
+    """LLaDA2.1: editing steps after a block has no mask left; None = 16."""
+    num_to_transfer: int | None = None
+    """LLaDA2.1: masks committed per step when fewer are above threshold; None = 1."""
+    eos_id: int | None = None
+    """LLaDA2: the EOS id its samplers stop and cut at; None = model.config.eos_token_id."""
+    block_cache: bool | None = None
+    """LLaDA2: cache finished blocks' K/V exactly and compute only the current block (None =
+    True); False recomputes the whole prefix every step, as the reference does."""
 
     @property
     def adaptive(self) -> bool:
@@ -232,6 +277,11 @@ def resolve_config(
             )
         raise unknown_choice_error("sampler", sampler, SAMPLERS)
     _refuse_foreign_options(config, sampler)
+    if sampler in BLOCK_SAMPLERS:
+        seed = config.seed if config.seed is not None else draw_seed()
+        return dataclasses.replace(
+            config, sampler=sampler, seed=seed, **_resolve_llada2(config, sampler)
+        )
     checkpoint = checkpoint_defaults(generation_defaults)
     if sampler == "dream":
         resolved = _resolve_dream(config, checkpoint)
@@ -260,6 +310,17 @@ def _resolve_llada(config: GenerationConfig, checkpoint: Mapping[str, Any]) -> d
         "temperature": _first_set(
             config.temperature, checkpoint.get("temperature"), LLADA_TEMPERATURE
         ),
+    }
+
+
+def _resolve_llada2(config: GenerationConfig, sampler: str) -> dict[str, Any]:
+    """Every unset LLaDA2 option at its official default (those of the other version stay
+    None: 2.0 has no editing options, 2.1 ignores steps and minimal_topk)."""
+    unused = LLADA21_ONLY if sampler == "llada2" else LLADA20_ONLY
+    return {
+        name: _first_set(getattr(config, name), default)
+        for name, default in LLADA2_DEFAULTS.items()
+        if name not in unused
     }
 
 
@@ -304,6 +365,17 @@ def _default_block_length(config: GenerationConfig, sampler: str) -> int | None:
 
 
 def _refuse_foreign_options(config: GenerationConfig, sampler: str) -> None:
+    if sampler in BLOCK_SAMPLERS:
+        _refuse_for_block_diffusion(config, sampler)
+        return
+    block_set = [name for name in BLOCK_ONLY + BLOCK_ONLY_SET if getattr(config, name) is not None]
+    if config.eos_early_stop is not False:
+        block_set.append("eos_early_stop")
+    for name in block_set:
+        raise ValueError(
+            f"{name} is an option of the LLaDA2 samplers (llada2, llada2.1) and the {sampler} "
+            f"sampler would ignore it: drop {name}, or pass sampler='llada2'."
+        )
     if sampler == "llada":
         for name in DREAM_ONLY:
             if getattr(config, name) is not None:
@@ -325,3 +397,43 @@ def unknown_choice_error(name: str, value: Any, choices: tuple[str, ...]) -> Val
     close = difflib.get_close_matches(str(value), choices, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ValueError(f"unknown {name} {value!r}.{hint} Choose one of: {', '.join(choices)}.")
+
+
+BLOCK_FOREIGN = {
+    "factor": "LLaDA2's threshold rule is its own (threshold=); Fast-dLLM's factor rule is not "
+    "part of it",
+    "alg": "a Dream option",
+    "alg_temp": "a Dream option",
+    "eps": "a Dream option",
+}
+
+
+def _refuse_for_block_diffusion(config: GenerationConfig, sampler: str) -> None:
+    """Options the LLaDA2 samplers do not have, or that the chosen version ignores."""
+    for name, why in BLOCK_FOREIGN.items():
+        if getattr(config, name) is not None:
+            raise ValueError(
+                f"{name} does not apply to the {sampler} sampler ({why}); drop {name}."
+            )
+    for name, default in LLADA_ONLY_DEFAULTS.items():
+        if getattr(config, name) != default:
+            raise ValueError(
+                f"{name}={getattr(config, name)!r} is an option of the llada sampler and the "
+                f"{sampler} sampler would ignore it: drop {name}."
+            )
+    if config.stop_at_eos is not False:
+        raise ValueError(
+            f"stop_at_eos does not apply to the {sampler} sampler: it stops at EOS itself after "
+            "each block (2.0), and eos_early_stop=True is its official early stop; drop "
+            "stop_at_eos."
+        )
+    if sampler == "llada2":
+        unused, other, why = LLADA21_ONLY, "llada2.1", "options of LLaDA2.1's token editing"
+    else:
+        unused, other, why = LLADA20_ONLY, "llada2", "LLaDA2.1's sampler has no use for them"
+    for name in unused:
+        if getattr(config, name) is not None:
+            raise ValueError(
+                f"{name} has no effect in the {sampler} sampler ({', '.join(unused)}: {why}); "
+                f"drop {name}, or pass sampler={other!r}."
+            )

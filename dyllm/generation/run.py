@@ -7,19 +7,28 @@ first batch runs. Then the prompts are laid on one canvas (`batching.py`), or on
 `max_batch_size` prompts, run one after another, and the LLaDA or Dream sampler runs under
 `torch.no_grad`, asking the given `Denoiser` for each step's logits. One `torch.Generator` on the
 model's device, seeded with `seed`, feeds every random draw of every batch.
+
+LLaDA2's samplers (`sampler="llada2"` / `"llada2.1"`, `dyllm.generation.llada2`) take a
+`BlockDenoiser` instead: their rows move through blocks at their own pace on a right-padded
+canvas, so they do not run on `DenoisingLoop`; batches, statistics and results are shared.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from dyllm.generation.batching import build_prompt_batch
+from dyllm.generation.block_denoiser import BlockDenoiser
 from dyllm.generation.config import (
+    BLOCK_SAMPLERS,
     GenerationConfig,
     apply_aliases,
     check_option_names,
@@ -28,6 +37,11 @@ from dyllm.generation.config import (
 from dyllm.generation.denoiser import Denoiser
 from dyllm.generation.dream import run_dream
 from dyllm.generation.llada import run_llada
+from dyllm.generation.llada2 import (
+    BlockDiffusionOptions,
+    check_eos_early_stop,
+    run_block_diffusion,
+)
 from dyllm.generation.loop import DenoisingLoop, StepObserver, synchronize
 from dyllm.generation.model import GenerativeModel
 from dyllm.generation.prompts import PromptInput, check_prompt_ids, encode_prompts
@@ -43,11 +57,11 @@ from dyllm.generation.validation import validate_config
 def run_sampler(
     model: GenerativeModel,
     prompts: PromptInput,
-    denoiser: Denoiser,
+    denoiser: Denoiser | BlockDenoiser,
     config: GenerationConfig | None = None,
     *,
     chat: bool = False,
-    on_step: StepObserver | None = None,
+    on_step: StepObserver | Callable[[Any], None] | None = None,
     **options: Any,
 ) -> GenerationResult:
     """Generate `gen_length` tokens after each prompt, each step's logits from `denoiser`.
@@ -66,10 +80,20 @@ def run_sampler(
     any temperature > 0 draw random numbers for the whole batch at once, so there the rows of a
     batch are not the draws of single-prompt runs, nor of other batch sizes.) The denoiser serves
     every batch; `Denoiser.new_batch` is called between two.
+
+    LLaDA2's samplers need a `BlockDenoiser` (`dyllm.engine.block_denoisers`); their `on_step`
+    gets a `BlockStepReport`, and `result.token_ids` holds each official answer (x[P : P +
+    gen_length] cut after the first EOS, EOS included).
     """
     check_model(model)
-    resolved = _resolve(model, config, options)
+    resolved = resolve_options(model, config, options)
     prompt_ids = encode_prompts(prompts, model.tokenizer, chat)
+    if resolved.sampler in BLOCK_SAMPLERS:
+        return _run_block_sampler(model, prompt_ids, denoiser, resolved, on_step)
+    if not isinstance(denoiser, Denoiser):
+        raise TypeError(
+            f"the {resolved.sampler} sampler needs a Denoiser, got {type(denoiser).__name__}"
+        )
     check_prompt_ids(prompt_ids, model.config, resolved.gen_length)
 
     device = _model_device(model)
@@ -143,9 +167,104 @@ def check_model(model: Any) -> None:
         )
 
 
-def _resolve(
+def _run_block_sampler(
+    model: GenerativeModel,
+    prompt_ids: list[list[int]],
+    denoiser: Denoiser | BlockDenoiser,
+    resolved: GenerationConfig,
+    on_step: Callable[[Any], None] | None,
+) -> GenerationResult:
+    """LLaDA2.0 / 2.1 over `denoiser`, `max_batch_size` prompts at a time."""
+    if not isinstance(denoiser, BlockDenoiser):
+        raise TypeError(
+            f"the {resolved.sampler} sampler needs a BlockDenoiser (block-causal logits of each "
+            f"row's current block), got {type(denoiser).__name__}; dyllm.generate builds one"
+        )
+    options = block_options(resolved, model.config.mask_token_id)
+    check_prompt_ids(prompt_ids, model.config, 0)
+    _check_block_canvas(prompt_ids, resolved, model.config.max_position_embeddings)
+    if options.eos_early_stop and options.sampler == "llada2":
+        check_eos_early_stop(prompt_ids, options.eos_id)
+    device = _model_device(model)
+    size = resolved.max_batch_size or len(prompt_ids)
+    progress = tqdm(disable=not resolved.progress, desc=resolved.sampler, unit="step")
+
+    def observe(report: Any) -> None:
+        progress.update(1)
+        if on_step is not None:
+            on_step(report)
+
+    answers: list[list[int]] = []
+    steps_run, wall_time = 0, 0.0
+    try:
+        for first in range(0, len(prompt_ids), size):
+            synchronize(device)
+            start = time.perf_counter()
+            batch = run_block_diffusion(
+                denoiser, prompt_ids[first : first + size], options, device, observe, first
+            )
+            synchronize(device)
+            wall_time += time.perf_counter() - start
+            answers += batch.tokens
+            steps_run += batch.steps_run
+    finally:
+        progress.close()
+    ends = answer_end_token_ids(model.tokenizer)
+    texts_of = [tokens_before_eos(answer, options.eos_id, ends) for answer in answers]
+    counts = [len(answer) for answer in texts_of]
+    stats = GenerationStats(
+        generated_tokens=sum(counts),
+        generated_tokens_per_row=counts,
+        nfe=denoiser.nfe,
+        steps_run=steps_run,
+        wall_time_s=wall_time,
+        extra=dict(denoiser.extra_stats()),
+    )
+    tokenizer = model.tokenizer
+    texts = None
+    if tokenizer is not None:
+        texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in texts_of]
+    return GenerationResult(token_ids=answers, texts=texts, stats=stats, options=resolved)
+
+
+def block_options(resolved: GenerationConfig, mask_id: int) -> BlockDiffusionOptions:
+    """The resolved options of a LLaDA2 sampler as `run_block_diffusion` takes them."""
+    llada20 = resolved.sampler == "llada2"
+    return BlockDiffusionOptions(
+        sampler=str(resolved.sampler),
+        mask_id=mask_id,
+        eos_id=int(resolved.eos_id),  # type: ignore[arg-type]
+        gen_length=int(resolved.gen_length),  # type: ignore[arg-type]
+        block_length=int(resolved.block_length),  # type: ignore[arg-type]
+        steps=int(resolved.steps) if llada20 else 1,  # type: ignore[arg-type]
+        threshold=float(resolved.threshold),  # type: ignore[arg-type]
+        minimal_topk=int(resolved.minimal_topk) if llada20 else 1,  # type: ignore[arg-type]
+        eos_early_stop=resolved.eos_early_stop,
+        editing_threshold=0.0 if llada20 else float(resolved.editing_threshold),  # type: ignore[arg-type]
+        max_post_steps=0 if llada20 else int(resolved.max_post_steps),  # type: ignore[arg-type]
+        num_to_transfer=1 if llada20 else int(resolved.num_to_transfer),  # type: ignore[arg-type]
+    )
+
+
+def _check_block_canvas(
+    prompt_ids: list[list[int]], resolved: GenerationConfig, limit: int
+) -> None:
+    """The block-diffusion canvas (whole blocks) must fit the model's positions."""
+    width = int(resolved.block_length)  # type: ignore[arg-type]
+    for index, ids in enumerate(prompt_ids):
+        total = math.ceil((len(ids) + int(resolved.gen_length)) / width) * width  # type: ignore[arg-type]
+        if total > limit:
+            raise ValueError(
+                f"prompt {index} ({len(ids)} tokens) plus gen_length ({resolved.gen_length}), "
+                f"rounded up to whole blocks of {width}, is {total} positions, more than the "
+                f"model's max_position_embeddings ({limit}); shorten the prompt or gen_length."
+            )
+
+
+def resolve_options(
     model: GenerativeModel, config: GenerationConfig | None, options: dict[str, Any]
 ) -> GenerationConfig:
+    """`config` with `options` applied, every default resolved for `model`, checked."""
     if config is None:
         config = GenerationConfig()
     elif not isinstance(config, GenerationConfig):
@@ -157,6 +276,8 @@ def _resolve(
     check_option_names(options)
     requested = dataclasses.replace(config, **options)
     resolved = resolve_config(requested, model.config.family, model.generation_defaults)
+    if resolved.sampler in BLOCK_SAMPLERS and resolved.eos_id is None:
+        resolved = dataclasses.replace(resolved, eos_id=model.config.eos_token_id)
     validate_config(resolved, model.config)
     return resolved
 

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from dyllm.generation.config import (
+    BLOCK_SAMPLERS,
     DREAM_ALGS,
     REMASKING_RULES,
     GenerationConfig,
@@ -33,6 +34,12 @@ def validate_config(config: GenerationConfig, model_config: SamplerConfig) -> No
         raise ValueError(f"seed={config.seed} must be at most 2**64 - 1 ({MAX_SEED}).")
     if config.max_batch_size is not None:
         _check_int("max_batch_size", config.max_batch_size, minimum=1, hint=" (None: one batch)")
+    for name in ("stop_at_eos", "progress", "eos_early_stop"):
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(config, name)!r}.")
+    if config.sampler in BLOCK_SAMPLERS:
+        _check_block_diffusion(config, model_config)
+        return
     if config.gen_length % config.block_length:
         raise ValueError(
             f"gen_length={config.gen_length} is not a multiple of block_length="
@@ -43,9 +50,6 @@ def validate_config(config: GenerationConfig, model_config: SamplerConfig) -> No
     _check_parallel_decoding(config)
     if not config.adaptive:
         _check_steps(config)
-    for name in ("stop_at_eos", "progress"):
-        if not isinstance(getattr(config, name), bool):
-            raise ValueError(f"{name} must be True or False, got {getattr(config, name)!r}.")
     if config.sampler == "llada":
         _check_llada(config, model_config)
     else:
@@ -112,6 +116,47 @@ def _check_llada(config: GenerationConfig, model_config: SamplerConfig) -> None:
             f"(got {model_config.eos_token_id} and {model_config.eot_token_id}); load the "
             "tokenizer files with the model (they name the end-of-turn token) or set "
             "model.config.eot_token_id."
+        )
+
+
+def _check_block_diffusion(config: GenerationConfig, model_config: SamplerConfig) -> None:
+    """LLaDA2.0 / 2.1 options (resolved: the other version's are None)."""
+    if (
+        config.temperature != 0
+        or config.top_k not in (None, 0)
+        or (config.top_p is not None and config.top_p < 1)
+    ):
+        raise ValueError(
+            f"the {config.sampler} sampler runs greedy only (temperature=0, top_k None or 0, "
+            "top_p None or >= 1): the official sampled branch was not checked against the "
+            "official code, so dyllm does not implement it yet; drop temperature/top_k/top_p."
+        )
+    for name in ("threshold", "editing_threshold"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        _check_number(name, value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value} must be in [0, 1] (a token probability).")
+    for name, minimum in (
+        ("steps", 1),
+        ("minimal_topk", 1),
+        ("max_post_steps", 0),
+        ("num_to_transfer", 1),
+    ):
+        if getattr(config, name) is not None:
+            _check_int(name, getattr(config, name), minimum=minimum)
+    if config.sampler == "llada2" and config.gen_length // config.minimal_topk < 1:
+        raise ValueError(
+            f"gen_length={config.gen_length} // minimal_topk={config.minimal_topk} leaves no "
+            "denoising step; lower minimal_topk or raise gen_length."
+        )
+    if not isinstance(config.block_cache, bool):
+        raise ValueError(f"block_cache must be True or False, got {config.block_cache!r}.")
+    if isinstance(config.eos_id, bool) or not isinstance(config.eos_id, int):
+        raise ValueError(
+            f"eos_id must be an integer token id (-1: never stop at EOS), got {config.eos_id!r}; "
+            f"model.config.eos_token_id is {model_config.eos_token_id}."
         )
 
 

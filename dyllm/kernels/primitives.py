@@ -96,14 +96,20 @@ def expand_kv_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """Bidirectional attention `softmax(q k^T / sqrt(D)) v`.
+    """Attention `softmax(q k^T / sqrt(D)) v`, bidirectional unless the mask says otherwise.
 
-    q: [B, H, Lq, D]; k, v: [B, KV, Lk, D]; key_mask: [B, Lk] bool (True = attend) or None.
-    Returns [B, H, Lq, D].
+    q: [B, H, Lq, D]; k, v: [B, KV, Lk, D]; key_mask: bool (True = attend), [B, Lk] (the same
+    keys for every query) or [B, Lq, Lk] (per query: LLaDA2's block-causal structure), or None.
+    Every query must see at least one key. Returns [B, H, Lq, D].
     """
     k = expand_kv_heads(k, q.shape[1])
     v = expand_kv_heads(v, q.shape[1])
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if key_mask is None:
+        mask = None
+    elif key_mask.dim() == 3:
+        mask = key_mask[:, None]
+    else:
+        mask = key_mask[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
 
 

@@ -16,6 +16,13 @@ forward takes an optional `ActivationSink` that receives each layer's K (after R
 attention context and FFN output: that is how a dense step fills the engine's caches, with no
 second copy of the forward.
 
+Block diffusion (LLaDA2): `forward(..., block_length=b)` makes attention block-causal over the
+position ids (a query at position q sees keys at positions k with k // b <= q // b), and an
+optional `KeyValueStore` supplies keys and values beyond the input rows: each layer hands it the
+rows' fresh K/V and attends to what it returns (finished blocks' K/V from a cache plus the fresh
+ones). Both are arguments of the same forward, so the cached and the recomputing paths share
+every stage.
+
 Tensor parallelism (`shard`, see `dyllm.models.parallel`): a process holds some heads, some FFN
 columns and some vocabulary rows, and the same stages compute its part. The sums over processes
 sit in the stages themselves (`attention_output` after o_proj, `feed_forward` and the FFN
@@ -36,7 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from dyllm.kernels.attention_variants import qk_norm
+from dyllm.kernels.attention_variants import block_causal_key_mask, qk_norm
 from dyllm.kernels.primitives import apply_rope, attention, rope_angles
 from dyllm.kernels.reference_gathered_ffn import FeedForwardWeights
 from dyllm.models.config import ModelConfig
@@ -66,6 +73,24 @@ class ActivationSink(Protocol):
     """Receives each layer's activations during `DiffusionTransformer.forward`."""
 
     def record(self, layer: int, activations: LayerActivations) -> None: ...
+
+
+class KeyValueStore(Protocol):
+    """Keys and values a forward attends to instead of only its input rows' (a K/V cache).
+
+    `key_positions` [B, Lk] are the position ids of the keys `extend` returns and `key_valid`
+    [B, Lk] (or None: all valid) says which of them exist; with `block_length` the forward builds
+    the block-causal mask from them. `extend(layer, key, value)` receives the input rows' fresh
+    key [B, KV, Lq, D] (after RoPE) and value, stores them as it sees fit, and returns the keys
+    and values [B, KV, Lk, D] that layer attends to.
+    """
+
+    key_positions: torch.Tensor
+    key_valid: torch.Tensor | None
+
+    def extend(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class DecoderLayer(nn.Module):
@@ -227,10 +252,16 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
         record: Callable[[LayerActivations], None] | None = None,
+        extend: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
     ) -> torch.Tensor:
-        """The block over every row: x [B, L, d] -> [B, L, d]; `record` gets what it computed."""
+        """The block over every row: x [B, L, d] -> [B, L, d]; `record` gets what it computed.
+
+        key_mask: [B, Lk] or [B, L, Lk] bool (see `attend`); extend: the K/V store's hook,
+        fresh k, v [B, KV, L, D] -> the keys and values [B, KV, Lk, D] to attend to."""
         q, k, v = self.project_qkv(self.attn_norm(x), cos, sin)
-        context = self.attend(q, k, v, key_mask)
+        keys, values = (k, v) if extend is None else extend(k, v)
+        context = self.attend(q, keys, values, key_mask)
         h = x + self.attention_output(context)
         ffn_out = self.feed_forward(h)
         if record is not None:
@@ -352,6 +383,28 @@ class DiffusionTransformer(nn.Module):
                 f"position_ids reach {last}, past the model's max_position_embeddings ({limit})"
             )
 
+    @staticmethod
+    def _key_mask(
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        block_length: int | None,
+        kv_store: KeyValueStore | None,
+    ) -> torch.Tensor | None:
+        """The attention mask every layer uses: [B, Lk] key padding, or [B, L, Lk] block-causal."""
+        if kv_store is not None:
+            if attention_mask is not None:
+                raise ValueError(
+                    "pass either attention_mask or kv_store: with a K/V store, its key_valid says "
+                    "which keys exist"
+                )
+            key_positions, key_valid = kv_store.key_positions, kv_store.key_valid
+        else:
+            key_positions = position_ids
+            key_valid = None if attention_mask is None else attention_mask.bool()
+        if block_length is None:
+            return None if key_valid is None else key_valid.bool()
+        return block_causal_key_mask(position_ids, key_positions, block_length, key_valid)
+
     def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, L, rotary_dim] (float32) for position ids [B, L] (rotary_dim: head_dim
         unless the config rotates part of each head)."""
@@ -384,13 +437,20 @@ class DiffusionTransformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         logit_range: tuple[int, int] | None = None,
         sink: ActivationSink | None = None,
+        block_length: int | None = None,
+        kv_store: KeyValueStore | None = None,
     ) -> torch.Tensor:
         """Logits [B, L, V] in the model dtype ([B, end - start, V] with `logit_range`).
 
         input_ids: [B, L]; attention_mask: [B, L] (nonzero/True = real token) masks padded keys;
         position_ids: [B, L], by default 0..L-1 (the reference's absolute positions);
         logit_range: (start, end) to apply the LM head to those positions only;
-        sink: receives every layer's activations (the engine's cache fills itself this way).
+        sink: receives every layer's activations (the engine's cache fills itself this way);
+        block_length: block-causal attention (LLaDA2's block diffusion): a query sees the keys
+            whose position's block (position // block_length) is not after its own; None =
+            bidirectional;
+        kv_store: keys and values to attend to beyond the input rows (`KeyValueStore`); its
+            `key_positions` / `key_valid` then replace position_ids / attention_mask for keys.
 
         Ids outside the vocabulary, positions past `max_position_embeddings` and malformed
         tensors raise a ValueError (TypeError for what is not a tensor) naming the problem; the
@@ -400,12 +460,13 @@ class DiffusionTransformer(nn.Module):
         batch, length = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
-        key_mask = None if attention_mask is None else attention_mask.bool()
+        key_mask = self._key_mask(attention_mask, position_ids, block_length, kv_store)
         cos, sin = self.rope(position_ids)
         x = self.embed_tokens(input_ids)
         for index, layer in enumerate(self.layers):
             record = None if sink is None else partial(sink.record, index)
-            x = layer(x, cos, sin, key_mask, record)
+            extend = None if kv_store is None else partial(kv_store.extend, index)
+            x = layer(x, cos, sin, key_mask, record, extend)
         if logit_range is not None:
             x = x[:, logit_range[0] : logit_range[1]]
         return self.logits(x)
