@@ -17,6 +17,8 @@ of its `triple` prompts, and a 128-token answer in blocks of 32), with random we
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -107,3 +109,28 @@ def model() -> DiffusionTransformer:
     model = DiffusionTransformer(SHAPE.config())
     model.reset_parameters(std=0.02, seed=0)
     return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def weight_stream_s(model: DiffusionTransformer) -> float:
+    """Seconds to stream the weights a step reads once (every layer's matrices and the LM head;
+    the embedding is a lookup) at this machine's matrix-vector rate: the bound of a step whose
+    few rows leave the matmuls memory-bound (batch 1), measured in the same run.
+
+    The rate: a one-row matmul over a 256 MiB float32 matrix (memory-bound on any CPU), median of
+    5, after one untimed pass."""
+    matrix = torch.randn(8192, 8192)
+    vector = torch.randn(8192)
+    torch.mv(matrix, vector)
+    times = []
+    for _ in range(5):
+        begin = time.perf_counter()
+        torch.mv(matrix, vector)
+        times.append(time.perf_counter() - begin)
+    bytes_per_second = matrix.numel() * matrix.element_size() / statistics.median(times)
+    weights = sum(
+        parameter.numel() * parameter.element_size()
+        for name, parameter in model.named_parameters()
+        if not name.startswith("embed.")
+    )
+    return weights / bytes_per_second

@@ -13,6 +13,11 @@ same state, so threshold policies select the same rows each round. Recorded in e
   projections, attention, FFN, LM head over the block);
 * `flop_limit_fraction`: speedup / flop_ratio, the share of the arithmetic's speed-up the step
   achieves (1.0 = the step costs exactly its arithmetic);
+* `weight_stream_s`: the time to stream the weights once at the machine's matrix-vector rate
+  (conftest), and `limit_speedup`: dense over the larger of the step's arithmetic time
+  (dense_step_s / flop_ratio) and that stream time; `limit_fraction`: speedup / limit_speedup,
+  with `bound` naming which one applies ("arithmetic" or "weights": at batch 1 a step's few rows
+  may leave the weights' reading, not the arithmetic, as its floor);
 * the query, refreshed and selected row fractions of the timed step.
 
     make bench-policies     # pytest bench/policy_steps --benchmark-enable, JSON to bench/results/
@@ -152,7 +157,7 @@ def test_dense_step(benchmark, model, shape) -> None:
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
-def test_sparse_step(benchmark, model, shape, name: str) -> None:
+def test_sparse_step(benchmark, model, shape, weight_stream_s: float, name: str) -> None:
     """One sparse step of policy `name`, with its FLOP ratio and the share of it achieved."""
     benchmark.group = "policy steps"
     dense_times: list[float] = []
@@ -182,6 +187,9 @@ def test_sparse_step(benchmark, model, shape, name: str) -> None:
     dense_s = statistics.median(dense_times)
     flop_ratio = dense_flops / sparse_flops
     speedup = dense_s / sparse_s
+    arithmetic_s = dense_s / flop_ratio
+    bound = "arithmetic" if arithmetic_s >= weight_stream_s else "weights"
+    limit_speedup = dense_s / max(arithmetic_s, weight_stream_s)
     benchmark.extra_info.update(
         {
             "policy": denoiser.policy.describe(),
@@ -191,6 +199,10 @@ def test_sparse_step(benchmark, model, shape, name: str) -> None:
             "speedup": speedup,
             "flop_ratio": flop_ratio,
             "flop_limit_fraction": speedup / flop_ratio,
+            "weight_stream_s": weight_stream_s,
+            "bound": bound,
+            "limit_speedup": limit_speedup,
+            "limit_fraction": speedup / limit_speedup,
             "query_fraction": entry["queries"],
             "refreshed_fraction": entry["attention"],
             "ffn_fraction": entry["ffn"],
