@@ -108,6 +108,9 @@ def generate(
         a time (greedy tokens are those of one batch); `seed=None` draws a fresh seed, reported
         in `result.options.seed`.
     policy: None or `Dense()` for full forwards; any `SaliencyPolicy` for the saliency engine.
+        Under LLaDA2's samplers the policies whose plans fit block diffusion (DyLLM, top-k,
+        layer-adaptive, EveryRow) select rows inside the current block; the others are refused
+        with their reason (`SaliencyPolicy.block_diffusion_refusal`).
     trace: keep per-step, per-layer recompute fractions in `result.stats.extra["trace"]`.
     check_invariants: assert the cache's written-row bookkeeping at every layer (slow on a GPU:
         each check reads a flag back to the host; the tests turn it on).
