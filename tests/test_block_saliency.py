@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import dyllm
+from dyllm.engine import block_saliency
 from dyllm.generation.llada2 import BlockStepReport
 from dyllm.generation.step import StepContext
 from dyllm.policies import (
@@ -35,6 +36,7 @@ from dyllm.policies import (
     DLLMCache,
     DualCache,
     EveryRow,
+    LayerAdaptive,
     PrefixCache,
     TopK,
 )
@@ -125,6 +127,8 @@ def test_every_row_on_a_batch_with_rows_in_different_blocks(models, sampler: str
     sparse, reports = recorded(model, PROMPTS, sampler, policy=EveryRow(), check_invariants=True)
     assert sparse.token_ids == dense.token_ids
     assert any(len(set(report.blocks)) > 1 for report in reports)
+    split = recorded(model, PROMPTS, sampler, policy=EveryRow(), max_batch_size=2)[0]
+    assert split.token_ids == dense.token_ids  # a fresh canvas drops the rows' caches
 
 
 POLICIES = {
@@ -171,6 +175,38 @@ def test_saliency_policies_select_rows_inside_the_current_block(
         extra["computed_token_ratio"] < ours["rows_computed"] / ours["rows_the_reference_computes"]
     )
     assert extra["expert_fraction"] < 1.0
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_planned_capacities_give_the_read_back_tokens(models, sampler: str, monkeypatch) -> None:
+    """DyLLM's capacities are guesses: on a GPU (`planned`) a layer may overflow and the step
+    runs again after putting back what it wrote (per row, on the row's own cache); guesses of
+    one row force that path, and the tokens are those of exact counts."""
+    model = models["official"]
+
+    def run(mode: str) -> Any:
+        monkeypatch.setenv("DYLLM_ROW_CAPACITY", mode)
+        policy = CosineThreshold(0.99, warmup_steps=1)
+        return recorded(model, PROMPTS, sampler, policy=policy, check_invariants=True)[0]
+
+    exact = run("read-back")
+    monkeypatch.setattr(block_saliency._RowDenoiser, "_guess", lambda self, layer, count: 1)
+    planned = run("planned")
+    assert planned.token_ids == exact.token_ids
+    assert exact.stats.extra["capacity_retries"] == 0
+    assert planned.stats.extra["capacity_retries"] > 0
+
+
+def test_layer_adaptive_runs_under_block_diffusion(models) -> None:
+    model = models["tiny"]
+    layers = model.config.num_layers
+    for policy in (
+        LayerAdaptive(taus=[0.99] * layers, warmup_steps=1),
+        LayerAdaptive(budgets=[0.5] * layers, warmup_steps=1),
+    ):
+        result = recorded(model, TINY_PROMPTS, "llada2", policy=policy, check_invariants=True)[0]
+        assert all(len(answer) == 12 for answer in result.token_ids)
+        assert result.stats.extra["sparse_steps"] > 0
 
 
 def test_dense_with_trace_runs_on_the_saliency_engine(models) -> None:
