@@ -210,7 +210,9 @@ class SaliencyDenoiser(Denoiser):
         one_span = (queries == inside).all() & (start == start[0]).all()
         covers_window = queries[:, ctx.logit_start : ctx.logit_end].all()
         most_refreshed = (refresh & queries).sum(dim=1).max()
-        outside = (queries & ~ctx.block_rows).any() if ctx.block_causal else one_span & False
+        outside = (
+            (queries & ~ctx.block_rows).any() if ctx.block_causal else torch.zeros_like(one_span)
+        )
         facts = torch.stack([one_span, covers_window, most_refreshed, start[0], outside]).long()
         values = torch.cat([facts, counts]).tolist()
         one_span, covers_window, most_refreshed, first, outside = values[:5]
