@@ -1,7 +1,8 @@
 """LLaDA2's block diffusion through `dyllm.generate`: the exact block cache against the reference's
 recomputation, batches of prompts of different lengths against each prompt alone, and what is
-refused (sampling, options of the other sampler, saliency policies, eos_early_stop on a prompt
-holding the EOS).
+refused (sampling, options of the other sampler, the saliency policies that do not fit block
+diffusion, eos_early_stop on a prompt holding the EOS). The policies that do fit are tested in
+`test_block_saliency.py`.
 
 Models: the official LLaDA2 fixture checkpoint (float32, `fixtures/official/llada2`) and the tiny
 LLaDA2 checkpoint of `tests/moe_checkpoints.py` (GQA, partial RoPE, grouped routing). The official
@@ -27,7 +28,7 @@ import torch
 
 import dyllm
 from dyllm.generation.llada2 import BlockStepReport
-from dyllm.policies import CosineThreshold, Dense
+from dyllm.policies import CosineThreshold, Dense, DLLMCache, DualCache
 from tests.moe_checkpoints import write_tiny_moe_checkpoint
 
 OFFICIAL = Path(__file__).resolve().parent / "fixtures" / "official" / "llada2"
@@ -156,8 +157,9 @@ def test_the_forward_with_a_block_length_is_block_causal(models) -> None:
         ({"minimal_topk": 0}, "minimal_topk=0 must be >= 1"),
         ({"block_cache": "yes"}, "block_cache must be True or False"),
         ({"gen_length": 10_000}, "more than the model's max_position_embeddings"),
-        ({"policy": CosineThreshold(0.99)}, "saliency policies do not apply"),
-        ({"trace": True}, "saliency policies do not apply"),
+        ({"policy": DualCache()}, "'fast-dual' does not apply to LLaDA2's block diffusion"),
+        ({"policy": DLLMCache()}, "'dllm-cache' does not apply to LLaDA2's block diffusion"),
+        ({"policy": CosineThreshold(0.99), "block_cache": False}, "takes no policy"),
     ],
 )
 def test_what_block_diffusion_refuses(models, options: dict[str, Any], message: str) -> None:

@@ -1,7 +1,8 @@
 """LLaDA-MoE and LLaDA2 through dyllm's one forward: tiny checkpoints in the real layouts
 (tests/moe_checkpoints.py) load with `dyllm.load`, their logits equal a per-row restatement of
 the families' definitions (REFERENCE-families.md), LLaDA's sampler runs on LLaDA-MoE, and the
-sparse step runs on both (EveryRow = dense; DyLLM and top-k route only the rows they select).
+sparse step runs on both (EveryRow = dense; DyLLM, top-k, Fast-dLLM's prefix and dual caches and
+dLLM-Cache route only the rows they select, with the cache's invariant checks on).
 
 The tiny checkpoints' config.json set `mask_token_id` 63 and `eos_token_id` 62: the real ids
 (156895, 156892, the loader's defaults when config.json has none) do not fit a 64-token
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 import dyllm
 from dyllm.distributed.plan import TensorParallelError, plan_tensor_parallel
 from dyllm.models.loader import CheckpointError
-from dyllm.policies import CosineThreshold, EveryRow, TopK
+from dyllm.policies import CosineThreshold, DLLMCache, DualCache, EveryRow, PrefixCache, TopK
 from tests.moe_checkpoints import TINY_CONFIGS, write_tiny_moe_checkpoint
 from tests.recording import generate_recording
 
@@ -238,8 +239,14 @@ def test_every_row_equals_dense(checkpoints, family) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
     "make_policy",
-    [lambda: CosineThreshold(0.99, warmup_steps=2), lambda: TopK(0.25, warmup_steps=2)],
-    ids=["dyllm", "topk"],
+    [
+        lambda: CosineThreshold(0.99, warmup_steps=2),
+        lambda: TopK(0.25, warmup_steps=2),
+        PrefixCache,
+        DualCache,
+        lambda: DLLMCache(prompt_interval=8, gen_interval=4),
+    ],
+    ids=["dyllm", "topk", "fast-prefix", "fast-dual", "dllm-cache"],
 )
 def test_saliency_policies_route_only_the_rows_they_select(checkpoints, family, make_policy):
     model = dyllm.load(checkpoints[family], dtype="float32")
@@ -251,5 +258,5 @@ def test_saliency_policies_route_only_the_rows_they_select(checkpoints, family, 
     # none on the dense layer 0, and on layer 1 the share of a dense run's that its FFN rows are
     assert extra["expert_rows_per_layer"][0] == 0
     assert extra["expert_fraction"] == pytest.approx(extra["ffn_fraction_per_layer"][1])
-    if isinstance(make_policy(), TopK):
+    if not isinstance(make_policy(), CosineThreshold):  # budgets or block caches: fewer rows
         assert extra["expert_fraction"] < 1.0

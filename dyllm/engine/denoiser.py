@@ -95,28 +95,44 @@ class SaliencyDenoiser(Denoiser):
                 num_kv_heads=self.model.num_kv_heads,
                 softmax_statistics=self.cached_statistics,
             )
+        plan = self._plan(ctx)
+        self.nfe += 2 if ctx.classifier_free_guidance else 1
+        self.last_step_dense = plan.dense
+        if plan.dense:
+            return self._dense(x, ctx)
+        return self._sparse(x, ctx, plan)
+
+    def _plan(self, ctx: StepContext) -> StepPlan:
         plan = self.policy.plan(ctx)
         if not isinstance(plan, StepPlan):
             raise ValueError(
                 f"policy {self.policy.name!r}: plan must return a StepPlan, got "
                 f"{type(plan).__name__}"
             )
-        self.nfe += 2 if ctx.classifier_free_guidance else 1
-        self.last_step_dense = plan.dense
-        if plan.dense:
-            self.statistics.record_dense(ctx.step, batch * length)
-            sink: ActivationSink = self.cache
-            if self.cached_statistics:
-                mask = None if ctx.attention_mask is None else ctx.attention_mask.bool()
-                sink = StatisticsSink(self.cache, mask)
-            return self.model(
-                x,
-                attention_mask=ctx.attention_mask,
-                position_ids=ctx.position_ids,
-                logit_range=(ctx.logit_start, ctx.logit_end),
-                sink=sink,
-            )
-        return self._sparse(x, ctx, plan)
+        return plan
+
+    def _dense(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """The model's forward over every row, filling every cache (its activation sink)."""
+        self.statistics.record_dense(ctx.step, x.numel())
+        sink: ActivationSink = self._cache()
+        if self.cached_statistics:
+            mask = None if ctx.attention_mask is None else ctx.attention_mask.bool()
+            sink = StatisticsSink(self._cache(), mask)
+        return self.model(
+            x,
+            attention_mask=ctx.attention_mask,
+            position_ids=ctx.position_ids,
+            logit_range=(ctx.logit_start, ctx.logit_end),
+            sink=sink,
+        )
+
+    def _rows_seen(self, x: torch.Tensor, ctx: StepContext) -> int:
+        """The rows a dense step of the sampler computes, the statistics' denominator."""
+        return x.numel()
+
+    def _cache(self) -> CacheManager:
+        assert self.cache is not None, "the cache is allocated at the first step"
+        return self.cache
 
     def _sparse(self, x: torch.Tensor, ctx: StepContext, plan: StepPlan) -> torch.Tensor:
         assert self.cache is not None
@@ -150,9 +166,12 @@ class SaliencyDenoiser(Denoiser):
             self.capacity_retries += 1
             capacities = Capacities.every_query(len(capacities.select), query_rows.count)
         self._remember(outcome, query_rows.count)
-        batch, length = x.shape
         self.statistics.record_sparse(
-            ctx.step, batch * length, query_rows.index.numel(), outcome.refreshed, outcome.selected
+            ctx.step,
+            self._rows_seen(x, ctx),
+            query_rows.index.numel(),
+            outcome.refreshed,
+            outcome.selected,
         )
         return logits
 
@@ -191,10 +210,21 @@ class SaliencyDenoiser(Denoiser):
         one_span = (queries == inside).all() & (start == start[0]).all()
         covers_window = queries[:, ctx.logit_start : ctx.logit_end].all()
         most_refreshed = (refresh & queries).sum(dim=1).max()
-        facts = torch.stack([one_span, covers_window, most_refreshed, start[0]]).long()
+        outside = (
+            (queries & ~ctx.block_rows).any() if ctx.block_causal else torch.zeros_like(one_span)
+        )
+        facts = torch.stack([one_span, covers_window, most_refreshed, start[0], outside]).long()
         values = torch.cat([facts, counts]).tolist()
-        one_span, covers_window, most_refreshed, first = values[:4]
-        counts_per_sequence = values[4:]
+        one_span, covers_window, most_refreshed, first, outside = values[:5]
+        counts_per_sequence = values[5:]
+        if outside:
+            raise ValueError(
+                f"policy {self.policy.name!r} planned query rows outside the current block "
+                f"(columns {ctx.block_start}..{ctx.block_end - 1}) under block diffusion, where "
+                "only that block's rows can change and the sparse step attends as the current "
+                "block does; keep a sparse plan's queries inside step.block_rows when "
+                "step.block_causal (or return a block_diffusion_refusal)"
+            )
         if not covers_window:
             raise ValueError(
                 f"policy {self.policy.name!r} left rows out of its queries whose logits the "

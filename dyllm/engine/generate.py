@@ -4,9 +4,10 @@ It builds the step's denoiser from `policy` (`make_denoiser`: the reference full
 none or `Dense()`, the saliency engine for any other policy) and runs the family's sampler over
 it (`dyllm.generation.run_sampler`). LLaDA2's block-diffusion samplers get a block denoiser
 instead (`make_block_denoiser`: the exact cache of finished blocks, or with `block_cache=False`
-the reference's recomputation); saliency policies do not apply to them yet (see
-`BLOCK_DIFFUSION_POLICY_ERROR`). The API, the command line, the benchmark, calibration and the
-tests all call this.
+the reference's recomputation), or with a saliency policy (or `trace` / `check_invariants`) the
+saliency engine on top of that cache (`SaliencyBlockDenoiser`), for the policies whose plans fit
+block diffusion (`SaliencyPolicy.block_diffusion_refusal` says why the others do not). The API,
+the command line, the benchmark, calibration and the tests all call this.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from dyllm.engine.block_denoisers import CachedBlockDenoiser, RecomputeBlockDenoiser
+from dyllm.engine.block_saliency import SaliencyBlockDenoiser, block_diffusion_policy_error
 from dyllm.engine.denoiser import SaliencyDenoiser
 from dyllm.generation import (
     Denoiser,
@@ -49,20 +51,39 @@ def make_denoiser(
     return SaliencyDenoiser(model, policy, trace=trace, check_invariants=check_invariants)
 
 
-BLOCK_DIFFUSION_POLICY_ERROR = (
-    "saliency policies do not apply to LLaDA2's block diffusion yet: the saliency engine's caches "
-    "and sparse step assume every row attends to the whole canvas (bidirectional attention), "
-    "while block diffusion attends block-causally and the exact block cache (the default) "
-    "already skips every finished block; selecting rows inside the current block on top of it "
-    "is not implemented. Run with policy=None (or Dense()); block_cache=False recomputes the "
-    "window as the reference does."
+BLOCK_CACHE_POLICY_ERROR = (
+    "under LLaDA2's block diffusion a saliency policy (and trace / check_invariants) runs on the "
+    "exact cache of finished blocks; block_cache=False recomputes the window as the reference "
+    "does and takes no policy: drop block_cache=False or the policy"
 )
 
 
-def make_block_denoiser(model: DiffusionTransformer, block_cache: bool = True) -> BlockDenoiser:
+def make_block_denoiser(
+    model: DiffusionTransformer,
+    block_cache: bool = True,
+    policy: SaliencyPolicy | None = None,
+    *,
+    trace: bool = False,
+    check_invariants: bool = False,
+) -> BlockDenoiser:
     """The block denoiser LLaDA2's samplers run: the exact cache of finished blocks, or (False)
-    the reference's recomputation of the whole window every step."""
-    return CachedBlockDenoiser(model) if block_cache else RecomputeBlockDenoiser(model)
+    the reference's recomputation of the whole window every step; with a saliency policy (or
+    trace / check_invariants) the saliency engine on top of the exact cache."""
+    plain = policy is None or isinstance(policy, Dense)
+    if plain and not trace and not check_invariants:
+        return CachedBlockDenoiser(model) if block_cache else RecomputeBlockDenoiser(model)
+    if policy is not None and not isinstance(policy, SaliencyPolicy):
+        raise ValueError(
+            f"policy must be a SaliencyPolicy (e.g. CosineThreshold(0.99)), got "
+            f"{type(policy).__name__}"
+        )
+    if not block_cache:
+        raise ValueError(BLOCK_CACHE_POLICY_ERROR)
+    chosen = Dense() if policy is None else policy
+    error = block_diffusion_policy_error(chosen)
+    if error is not None:
+        raise ValueError(error)
+    return SaliencyBlockDenoiser(model, chosen, trace=trace, check_invariants=check_invariants)
 
 
 def generate(
@@ -87,6 +108,9 @@ def generate(
         a time (greedy tokens are those of one batch); `seed=None` draws a fresh seed, reported
         in `result.options.seed`.
     policy: None or `Dense()` for full forwards; any `SaliencyPolicy` for the saliency engine.
+        Under LLaDA2's samplers the policies whose plans fit block diffusion (DyLLM, top-k,
+        layer-adaptive, EveryRow) select rows inside the current block; the others are refused
+        with their reason (`SaliencyPolicy.block_diffusion_refusal`).
     trace: keep per-step, per-layer recompute fractions in `result.stats.extra["trace"]`.
     check_invariants: assert the cache's written-row bookkeeping at every layer (slow on a GPU:
         each check reads a flag back to the host; the tests turn it on).
@@ -98,16 +122,13 @@ def generate(
     check_model(model)
     resolved = resolve_options(model, config, options)
     if resolved.sampler in BLOCK_SAMPLERS:
-        if (policy is not None and not isinstance(policy, Dense)) or trace or check_invariants:
-            what = (
-                "trace/check_invariants"
-                if policy is None or isinstance(policy, Dense)
-                else (f"policy {type(policy).__name__}")
-            )
-            raise ValueError(
-                f"{what} with sampler {resolved.sampler!r}: " + BLOCK_DIFFUSION_POLICY_ERROR
-            )
-        block_denoiser = make_block_denoiser(model, bool(resolved.block_cache))
+        block_denoiser = make_block_denoiser(
+            model,
+            bool(resolved.block_cache),
+            policy,
+            trace=trace,
+            check_invariants=check_invariants,
+        )
         return run_sampler(model, prompts, block_denoiser, resolved, chat=chat, on_step=on_step)
     denoiser = make_denoiser(model, policy, trace=trace, check_invariants=check_invariants)
     return run_sampler(model, prompts, denoiser, resolved, chat=chat, on_step=on_step)

@@ -34,16 +34,26 @@ class RecomputeStatistics:
         self.sparse_steps = 0
         self.trace: list[dict[str, Any]] | None = [] if trace else None
 
-    def record_dense(self, step: int, rows: int) -> None:
+    def record_dense(self, step: int, rows: int, computed: int | None = None) -> None:
+        """One dense step over `rows` rows; `computed` of them run when fewer do (under block
+        diffusion: the rows not final yet, out of the window the reference computes)."""
+        computed = rows if computed is None else computed
         self.dense_steps += 1
         self.rows_seen += rows
         for layer in range(self.num_layers):
-            self.refreshed[layer] += rows
-            self.selected[layer] += rows
+            self.refreshed[layer] += computed
+            self.selected[layer] += computed
         if self.trace is not None:
-            ones = [1.0] * self.num_layers
+            share = computed / max(rows, 1)
+            fractions = [share] * self.num_layers
             self.trace.append(
-                {"step": step, "dense": True, "queries": 1.0, "attention": ones, "ffn": ones}
+                {
+                    "step": step,
+                    "dense": True,
+                    "queries": share,
+                    "attention": fractions,
+                    "ffn": fractions,
+                }
             )
 
     def record_sparse(

@@ -45,6 +45,8 @@ class BlockRequest:
     blocks: tuple[int, ...]
     """The current block of each of those rows."""
     block_length: int
+    prompt_lengths: tuple[int, ...] = ()
+    """Each requested row's prompt length (empty when the caller does not say)."""
 
     @property
     def window_ends(self) -> tuple[int, ...]:

@@ -246,6 +246,7 @@ class BlockDiffusionRun:
             rows=tuple(row.index for row in ready),
             blocks=tuple(row.block for row in ready),
             block_length=self.options.block_length,
+            prompt_lengths=tuple(row.prompt_length for row in ready),
         )
         began = time.perf_counter()
         logits = self.denoiser(request)  # [A, W, V]

@@ -54,6 +54,13 @@ class StepContext:
     """Long [rows, L] counted from each row's first real token, or None (0..L-1)."""
     classifier_free_guidance: bool = False
     """True when the input stacks [conditional; unconditional] canvases (2B rows)."""
+    block_causal: bool = False
+    """True under LLaDA2's block diffusion (one row of the batch, its own canvas): attention is
+    block-causal, every column before `block_start` is final (its K/V cached exactly), columns
+    from `block_end` on are unseen, and `attention_mask` marks the window [0, block_end) as the
+    keys. Only the current block's rows (`block_rows`) can change, so a sparse step's queries must
+    lie inside it; the current block sees every key of the window, so over those rows the
+    bidirectional sparse step computes what the block-causal forward computes."""
 
     @classmethod
     def on_canvas(
@@ -72,6 +79,7 @@ class StepContext:
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         classifier_free_guidance: bool = False,
+        block_causal: bool = False,
     ) -> StepContext:
         """The context of a step on `canvas` [rows, L], the derived columns filled in: the
         logit window and the response start move one column left with a logit shift.
@@ -94,6 +102,7 @@ class StepContext:
             attention_mask=attention_mask,
             position_ids=position_ids,
             classifier_free_guidance=classifier_free_guidance,
+            block_causal=block_causal,
         )
 
     def columns(self, start: int, end: int | None = None) -> torch.Tensor:
@@ -105,6 +114,11 @@ class StepContext:
     @property
     def all_rows(self) -> torch.Tensor:
         return torch.ones_like(self.masked)
+
+    @property
+    def block_rows(self) -> torch.Tensor:
+        """Rows of the current block (`block_start` to `block_end`)."""
+        return self.columns(self.block_start, self.block_end)
 
     @property
     def logit_rows(self) -> torch.Tensor:

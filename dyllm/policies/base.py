@@ -18,6 +18,11 @@ A policy answers four questions; the engine asks them and does all the work:
 A policy may also say how many rows it can pick at most (`row_budget`), which lets the engine
 size its buffers without waiting for the device (see docs/architecture.md).
 
+Under LLaDA2's block diffusion (`StepContext.block_causal`) only the current block's rows can
+change: a sparse step's queries must lie inside `step.block_rows` (the engine refuses a plan that
+strays), and a policy whose idea does not fit says why in `block_diffusion_refusal`, which
+`dyllm.generate` turns into a clear error before the first step.
+
 Every row set is a boolean mask [rows, L] over canvas positions. The step is the sampler's own
 `StepContext`; a layer's signals arrive complete in `LayerSignals` (before attention) and
 `AttentionSignals` (after it). A policy sees signals, never modules or cache buffers, so it stays a
@@ -131,6 +136,12 @@ class SaliencyPolicy(ABC):
         then asked again about that step's layers). Layer 0's refresh set defaults to the plan's
         `refresh`, whose size the engine knows. A budget that a layer exceeds is an error.
         """
+        return None
+
+    def block_diffusion_refusal(self) -> str | None:
+        """None when the policy runs under LLaDA2's block diffusion (its sparse plans keep their
+        queries inside the current block when `step.block_causal`), else the reason it does not
+        apply, which `dyllm.generate` reports."""
         return None
 
     def describe(self) -> dict[str, object]:

@@ -42,10 +42,12 @@ class EveryRow(RecomputeQueries):
     """Sparse steps in which every row is a query, refreshed and selected at every layer.
 
     It exercises the whole sparse path (gathers, cache writes, exact attention rows, scatter)
-    while computing what the dense forward computes; tests hold it to dense generation.
+    while computing what the dense forward computes; tests hold it to dense generation. Under
+    block diffusion every row that can change is the current block's, so it queries those.
     """
 
     name = "every-row"
 
     def plan(self, step: StepContext) -> StepPlan:
-        return StepPlan(dense=False, queries=step.all_rows, refresh=step.all_rows)
+        rows = step.block_rows if step.block_causal else step.all_rows  # every row that can move
+        return StepPlan(dense=False, queries=rows, refresh=rows)

@@ -88,6 +88,15 @@ class DLLMCache(SaliencyPolicy):
         self.gen_interval = gen_interval
         self.transfer_ratio = float(transfer_ratio)
 
+    def block_diffusion_refusal(self) -> str | None:
+        return (
+            "dLLM-Cache's prompt and response refresh clocks assume the whole canvas is re-read "
+            "bidirectionally at every step; under LLaDA2's block diffusion the prompt and the "
+            "finished blocks are final (cached exactly) and only the current block can change, "
+            "which leaves its prompt clock nothing to do and its response clock a different "
+            "meaning; no adaptation is implemented: use policy 'dyllm' or 'topk', or policy=None"
+        )
+
     def refreshes(self, step: int) -> tuple[bool, bool]:
         """(prompt refreshed, response refreshed) at global step `step`."""
         return step % self.prompt_interval == 0, step % self.gen_interval == 0

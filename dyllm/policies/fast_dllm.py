@@ -44,6 +44,14 @@ class BlockCache(RecomputeQueries):
     def computed_rows(self, step: StepContext) -> torch.Tensor:
         """Bool [B, L]: the rows computed at the block's later steps."""
 
+    def block_diffusion_refusal(self) -> str | None:
+        return (
+            f"Fast-dLLM's {self.name} cache reuses the K/V of the prompt and finished blocks "
+            "while recomputing the current block exactly; under LLaDA2's block-causal attention "
+            "that is exactly what the default block cache (block_cache=True) already does, with "
+            "nothing left to approximate; run with policy=None for it"
+        )
+
     def plan(self, step: StepContext) -> StepPlan:
         if step.first_step_in_block:
             return StepPlan.dense_step()

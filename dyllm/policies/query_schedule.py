@@ -6,6 +6,9 @@
   the response rows are queries (prompt K/V, context and FFN stay cached); on the last one the
   whole sequence is a query set, still processed sparsely.
 * Layer 0's refreshed rows are the positions the previous step committed.
+* Under LLaDA2's block diffusion (`StepContext.block_causal`) the queries of every sparse step
+  are the current block's rows: the prompt and the finished blocks are final (their K/V exact in
+  the cache, nothing of theirs can move), so there is no whole-sequence step to take.
 
 `softmax_statistics="cached"` (off by default) makes the approximate update of a non-refreshed
 row use the row's cached log-sum-exp from its last exact computation instead of scoring every
@@ -57,10 +60,22 @@ class DyLLMSchedule(SaliencyPolicy):
             return StepPlan.dense_step()
         sparse_index = step.step - self.warmup_steps
         whole_sequence = sparse_index % self.prompt_refresh_every == self.prompt_refresh_every - 1
-        queries = step.all_rows if whole_sequence else step.response_rows
+        if step.block_causal:
+            queries = step.block_rows
+        else:
+            queries = step.all_rows if whole_sequence else step.response_rows
         committed = step.newly_committed
         refresh = queries & committed if committed is not None else queries & ~queries
         return StepPlan(dense=False, queries=queries, refresh=refresh)
+
+    def block_diffusion_refusal(self) -> str | None:
+        if self.softmax_statistics == "cached":
+            return (
+                "softmax_statistics='cached' needs every row's log-sum-exp from a dense step, and "
+                "a block-diffusion dense step attends to cached keys of finished blocks that the "
+                "statistics sink does not see; use softmax_statistics='exact'"
+            )
+        return None
 
     def describe(self) -> dict[str, object]:
         return {
