@@ -1,6 +1,7 @@
 """Regression guard: every built-in policy's sparse step, timed, beside its FLOP-ratio limit.
 
-For each policy registered in `dyllm.policies.registry` (with the options in `POLICIES`), a
+For each policy registered in `dyllm.policies.registry` (with the options in `POLICIES`; and
+the option variants in `VARIANTS`, such as DyLLM with cached softmax statistics), a
 round drives a fresh `SaliencyDenoiser` over the canvas of conftest's `SHAPE` (one token
 committed per sequence and step, leftmost masked column of the block first) up to the policy's
 first sparse step, untimed; the timed call is that sparse step alone. Every round starts from the
@@ -52,6 +53,16 @@ POLICIES: dict[str, dict[str, object]] = {
 }
 """Every built-in sparse policy and the options it is timed with (`dense` is the baseline)."""
 
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "dyllm-cached-statistics": ("dyllm", {"tau": 0.99, "softmax_statistics": "cached"}),
+}
+"""Options beyond the defaults, timed under their own names: (registered policy, options)."""
+
+CASES: dict[str, tuple[str, dict[str, object]]] = {
+    **{name: (name, options) for name, options in POLICIES.items()},
+    **VARIANTS,
+}
+
 ROUNDS = int(os.environ.get("DYLLM_BENCH_ROUNDS", "9"))
 MAX_SETUP_STEPS = 16
 
@@ -96,7 +107,7 @@ def policy_options(name: str, shape) -> dict[str, object]:
     layer and 0.2 between."""
     if name == "adaptive":
         return {"budgets": [0.1] + [0.2] * (shape.layers - 2) + [0.1]}
-    return POLICIES[name]
+    return CASES[name][1]
 
 
 def _first_sparse_step(policy: SaliencyPolicy, shape) -> int:
@@ -116,7 +127,7 @@ def _prepared(
     dense = DenseDenoiser(model)
 
     def setup() -> tuple[tuple, dict]:
-        policy = make_policy(name, family="llada", **policy_options(name, shape))
+        policy = make_policy(CASES[name][0], family="llada", **policy_options(name, shape))
         target = _first_sparse_step(policy, shape)
         denoiser = SaliencyDenoiser(model, policy, trace=True)
         x = _canvas(shape)
@@ -156,7 +167,7 @@ def test_dense_step(benchmark, model, shape) -> None:
     )
 
 
-@pytest.mark.parametrize("name", list(POLICIES))
+@pytest.mark.parametrize("name", list(CASES))
 def test_sparse_step(benchmark, model, shape, weight_stream_s: float, name: str) -> None:
     """One sparse step of policy `name`, with its FLOP ratio and the share of it achieved."""
     benchmark.group = "policy steps"
@@ -180,8 +191,9 @@ def test_sparse_step(benchmark, model, shape, weight_stream_s: float, name: str)
     ]
     queries = round(entry["queries"] * rows)
     approximate = getattr(denoiser.policy, "attention", "frozen") == "approximate"
+    cached = getattr(denoiser.policy, "softmax_statistics", "exact") == "cached"
     config = model.config
-    sparse_flops = step_flops(config, rows, queries, counts, shape.block, approximate)
+    sparse_flops = step_flops(config, rows, queries, counts, shape.block, approximate, cached)
     dense_flops = step_flops(config, rows, rows, None, shape.block, False)
     sparse_s = benchmark.stats.stats.median
     dense_s = statistics.median(dense_times)

@@ -17,13 +17,15 @@ def step_flops(
     counts: list[tuple[int, int]] | None,
     window: int,
     approximate: bool,
+    cached_statistics: bool = False,
 ) -> float:
     """FLOPs (multiply-adds x 2) of one step on one sequence of `rows` tokens.
 
     counts: per layer (refreshed rows, FFN rows), or None for a dense step; queries: rows that get
     new hidden states; window: rows that get logits; approximate: whether non-refreshed query rows
     get DyLLM's approximate attention update (P times dV over the refreshed columns) or keep
-    their context (frozen attention: block caches, dLLM-Cache).
+    their context (frozen attention: block caches, dLLM-Cache); cached_statistics: approximate
+    rows reuse their softmax normaliser, so they score the refreshed columns only.
     """
     d = config.hidden_size
     hd = config.num_heads * config.head_dim
@@ -38,7 +40,8 @@ def step_flops(
         exact_rows = q_rows if counts is None or not approximate else refreshed
         total += exact_rows * rows * hd * 2  # scores and P V of the exactly attended rows
         if counts is not None and approximate:
-            total += (q_rows - refreshed) * rows * hd  # scores of the approximate rows
+            scored = refreshed if cached_statistics else rows
+            total += (q_rows - refreshed) * scored * hd  # scores of the approximate rows
             total += (q_rows - refreshed) * refreshed * hd  # their P dV over refreshed columns
         total += selected * 3 * d * f  # SwiGLU
     total += window * d * config.vocab_size  # LM head
