@@ -30,7 +30,8 @@ import torch
 
 import dyllm
 from dyllm.distributed import TensorParallelError, plan_tensor_parallel, valid_sizes
-from dyllm.distributed.accounting import weight_bytes
+from dyllm.distributed.accounting import replicated_weight_bytes, weight_bytes
+from dyllm.models import DiffusionTransformer, preset
 from dyllm.models.keymaps import checkpoint_keys
 from dyllm.models.moe_config import read_moe_config
 from tests.distributed_jobs import (
@@ -173,3 +174,15 @@ def test_fused_qkv_and_expert_slices() -> None:
         "layers.0.q_norm.weight",
     ):
         assert shard.parameter_slice(replicated, config) is None
+
+
+@pytest.mark.parametrize("name", ["llada_moe", "llada2", "tiny-dream"])
+def test_replicated_bytes_are_the_parameters_no_process_splits(name: str) -> None:
+    config = preset(name) if name.startswith("tiny") else read_moe_config(TINY_CONFIGS[name])
+    shard = plan_tensor_parallel(config, 2).shard(0, ProcessGroupCommunicatorStub())
+    with torch.device("meta"):
+        model = DiffusionTransformer(config)
+    whole = sum(
+        p.numel() for n, p in model.named_parameters() if shard.parameter_slice(n, config) is None
+    )
+    assert replicated_weight_bytes(config, 2) == whole * 2
