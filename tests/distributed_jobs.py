@@ -26,6 +26,7 @@ from dyllm.policies import (
     CosineThreshold,
     DLLMCache,
     DualCache,
+    EveryRow,
     LayerAdaptive,
     LayerSignals,
     PrefixCache,
@@ -51,6 +52,7 @@ def make_policy(name: str) -> SaliencyPolicy | None:
         "topk": lambda: TopK(0.25, warmup_steps=2),
         "dual-cache": DualCache,
         "dllm-cache": lambda: DLLMCache(prompt_interval=5, gen_interval=3),
+        "every-row": EveryRow,
         "fast-prefix": PrefixCache,
         "adaptive": lambda: LayerAdaptive(taus=[0.995, 0.98], warmup_steps=2),
     }[name]()
@@ -140,6 +142,46 @@ def equivalence(rank: int, world: int, payload: dict[str, Any]) -> dict[Any, Any
                 model, PROMPTS[prompts], make_policy(policy), **options(model.config.family)
             )
             results[(name, policy, prompts)] = (result.token_ids, recorder.logits)
+    return results
+
+
+MOE_OPTIONS = {"gen_length": 16, "steps": 16, "block_length": 8, "sampler": "llada"}
+"""LLaDA's sampler, greedy, two blocks: what `tests/test_moe_models.py` runs the MoE models with
+(LLaDA2's own block-diffusion sampler is not part of `dyllm.generate`)."""
+
+
+def moe_forward_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`forward_inputs` for the tiny MoE checkpoints' 64-entry vocabulary (mask id 63)."""
+    ids, mask, positions = forward_inputs()
+    return torch.where(ids == 96, 63, ids % 63), mask, positions
+
+
+def moe_equivalence(rank: int, world: int, payload: dict[str, Any]) -> dict[Any, Any]:
+    """`equivalence` for the mixture-of-experts checkpoints, loaded in float32: per model the
+    whole reads, weight bytes and forward logits; per (model, policy) the tokens and step logits
+    of LLaDA's sampler."""
+    import dyllm.models.loader as loader
+
+    results: dict[Any, Any] = {}
+    for name, folder in payload["folders"].items():
+        spy = WholeReads(loader.safe_open)
+        loader.safe_open = spy
+        try:
+            model = dyllm.load(folder, dtype="float32", tensor_parallel=world)
+        finally:
+            loader.safe_open = spy.open_file
+        results[(name, "whole reads")] = spy.keys
+        results[(name, "weight bytes")] = sum(
+            p.numel() * p.element_size() for p in model.parameters()
+        )
+        ids, mask, positions = moe_forward_inputs()
+        results[(name, "logits")] = model(ids, attention_mask=mask, position_ids=positions)
+        never_predicts_mask(model)
+        for policy in payload["policies"].get(name, ()):
+            result, recorder = generate_recording(
+                model, PROMPTS["padded"], make_policy(policy), **MOE_OPTIONS
+            )
+            results[(name, policy)] = (result.token_ids, recorder.logits)
     return results
 
 
@@ -255,6 +297,7 @@ def host_syncs(rank: int, world: int, payload: dict[str, Any]) -> dict[str, list
 
 JOBS = {
     "equivalence": equivalence,
+    "moe_equivalence": moe_equivalence,
     "accounting": accounting,
     "command_line": command_line,
     "host_syncs": host_syncs,

@@ -171,3 +171,39 @@ def moe_checkpoint_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
             shared = "mlp.shared_experts." if llada2 else "shared_expert."
             swiglu(p + shared, experts.shared_expert_intermediate_size)
     return shapes
+
+
+MOE_TOKENIZER_CHARACTERS = " 0123456789abcdefghijklmnopqrstuvwxyz+-*=:.,?!'()<>/\n"
+"""The tiny tokenizer's characters, ids 0 to 52; ids 53-59 are never produced by encoding."""
+
+
+def write_tiny_moe_tokenizer(folder: Path) -> None:
+    """A character-level tokenizer.json (with a chat template) for the tiny MoE checkpoints'
+    64-entry vocabulary: characters at ids 0-52, <|startoftext|> 60, <|eot_id|> 61,
+    <|endoftext|> 62 and <|mdm_mask|> 63, matching their config's eos and mask ids."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    specials = {"<|startoftext|>": 60, "<|eot_id|>": 61, "<|endoftext|>": 62, "<|mdm_mask|>": 63}
+    vocab = {character: i for i, character in enumerate(MOE_TOKENIZER_CHARACTERS)}
+    vocab.update({f"<|unused_{i}|>": i for i in range(len(vocab), 60)})
+    vocab.update(specials)
+    tokenizer = HFTokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([AddedToken(token, special=True) for token in specials])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    template = (
+        "{{ bos_token }}{% for message in messages %}"
+        "{{ message['role'] + ': ' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    config = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "mask_token": "<|mdm_mask|>",
+        "chat_template": template,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))

@@ -219,7 +219,8 @@ def test_info_describes_an_moe_checkpoint(tmp_path: Path) -> None:
     assert info["family"] == "llada2"
     assert info["parameters"] == config.num_parameters
     assert info["experts"]["experts"] == 256 and info["experts"]["moe_layers"] == 19
-    assert info["problems"] == [] and info["tensor_parallel_sizes"] == [1]
+    # 16 query heads, 4 key/value heads (replicated at 8 and 16), widths 5120, 512 and 512
+    assert info["problems"] == [] and info["tensor_parallel_sizes"] == [1, 2, 4, 8, 16]
     text = format_description(info)
     assert "256 per MoE layer, top-8" in text
     assert "shared expert 512" in text
@@ -252,6 +253,7 @@ def test_the_info_command_describes_an_moe_checkpoint(capsys, tmp_path: Path) ->
     assert info["family"] == "llada_moe"
     assert info["experts"]["experts"] == 64 and info["experts"]["router"] == "softmax"
     assert info["ignored_keys"] == ["norm_topk_prob", "routed_scaling_factor"]
+    assert info["tensor_parallel_sizes"] == [1, 2, 4, 8, 16]  # 16 heads; expert width 1024
     # described in full from config.json alone, nothing stopping a load once the weights are there
     assert code == 0 and captured.err == ""
 

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import dyllm
-from dyllm.distributed.plan import TensorParallelError, plan_tensor_parallel
 from dyllm.models.loader import CheckpointError
 from dyllm.policies import CosineThreshold, DLLMCache, DualCache, EveryRow, PrefixCache, TopK
 from tests.moe_checkpoints import TINY_CONFIGS, write_tiny_moe_checkpoint
@@ -194,14 +193,6 @@ def test_the_loader_names_missing_and_misshapen_moe_tensors(tmp_path: Path) -> N
     save_file(tensors, str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"mlp\.gate\.expert_bias .* shape \[7\].*\[8\]"):
         dyllm.load(folder)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_tensor_parallelism_refuses_moe_models(family) -> None:
-    from dyllm.models.moe_config import read_moe_config
-
-    with pytest.raises(TensorParallelError, match=f"does not support '{family}' models yet"):
-        plan_tensor_parallel(read_moe_config(TINY_CONFIGS[family]), 2)
 
 
 # ------------------------------------------------------------------------- generation

@@ -389,8 +389,8 @@ def test_a_plan_replicates_key_value_heads_when_there_are_fewer_than_processes()
     assert [s.kv_heads for s in shards] == [(0, 1), (0, 1), (1, 2), (1, 2)]
     assert [s.owns_kv_heads for s in shards] == [True, False, True, False]
     assert [s.vocab for s in shards] == [(0, 25), (25, 50), (50, 75), (75, 97)]
-    assert shards[0].parameter_slice("layers.1.k_proj.weight", config) == (0, 0, 16)
-    assert shards[3].parameter_slice("layers.0.o_proj.weight", config) == (1, 48, 64)
+    assert shards[0].parameter_slice("layers.1.k_proj.weight", config) == (0, ((0, 16),))
+    assert shards[3].parameter_slice("layers.0.o_proj.weight", config) == (1, ((48, 64),))
     assert shards[2].parameter_slice("final_norm.weight", config) is None
     assert set(SPLITS) >= {"q_proj.weight", "ffn.down_proj.weight", "lm_head.weight"}
 

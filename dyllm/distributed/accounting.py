@@ -61,8 +61,16 @@ def weight_bytes(config: ModelConfig, world_size: int, element_bytes: int) -> li
 
 
 def replicated_weight_bytes(config: ModelConfig, element_bytes: int) -> int:
-    """Bytes every process holds whatever the split: the norms."""
-    return (2 * config.num_layers + 1) * config.hidden_size * element_bytes
+    """Bytes every process holds whatever the split: the norms (the per-head QK-norms too) and
+    each mixture-of-experts layer's router and expert bias."""
+    d = config.hidden_size
+    per_layer = 2 * d + (2 * config.head_dim if config.qk_norm else 0)
+    total = (config.num_layers * per_layer + d) * element_bytes
+    experts = config.experts
+    if experts is not None:
+        router = experts.num_experts * (d + (1 if experts.expert_bias else 0))
+        total += sum(experts.moe_layers) * router * element_bytes
+    return total
 
 
 def dense_step_bytes(

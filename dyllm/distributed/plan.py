@@ -7,7 +7,9 @@ Megatron's layout (docs/tensor-parallel.md has the table):
   multiple of it (fewer key/value heads than processes, e.g. Dream-7B's 4 at N = 8 if its 28
   query heads allowed 8), each process holds the one key/value head its query heads read, so
   every such head lives on N / KV processes (`kv_replicas`); any other N is refused;
-* FFN columns: N equal parts (gate/up rows, down columns);
+* FFN columns: N equal parts (gate/up rows, down columns), and so for every expert and the
+  shared expert of a mixture-of-experts layer, whose router is replicated;
+* a fused QKV (LLaDA2): this process's Q, K and V heads' rows, three ranges of one tensor;
 * vocabulary: N blocks of ceil(V / N) rows (the last one shorter) of the embedding and the LM head;
 * norms: replicated.
 
@@ -23,7 +25,6 @@ from dyllm.models.parallel import (
     Communicator,
     TensorParallelShard,
     split_problem,
-    unsplittable,
     valid_sizes,
 )
 
@@ -87,6 +88,16 @@ class TensorParallelPlan:
             communicator=communicator,
         )
 
+    def _expert_columns(self) -> dict[str, int]:
+        experts = self.config.experts
+        if experts is None:
+            return {}
+        shared = experts.shared_expert_intermediate_size or 0
+        return {
+            "expert_columns": experts.expert_intermediate_size // self.world_size,
+            "shared_expert_columns": shared // self.world_size,
+        }
+
     def describe(self) -> dict[str, object]:
         """The split in numbers, per process."""
         return {
@@ -95,6 +106,7 @@ class TensorParallelPlan:
             "kv_heads": self.kv_heads_per_process,
             "kv_replicas": self.kv_replicas,
             "ffn_columns": self.intermediate_per_process,
+            **self._expert_columns(),
             "vocab_rows": self.vocab_block,
         }
 
@@ -106,9 +118,6 @@ def plan_tensor_parallel(config: ModelConfig, world_size: int) -> TensorParallel
         raise TensorParallelError(
             f"the tensor-parallel size is a number of processes, at least 1; got {world_size!r}"
         )
-    refusal = unsplittable(config)
-    if refusal is not None:
-        raise TensorParallelError(refusal)
     problem = split_problem(config, world_size)
     if problem:
         sizes = ", ".join(map(str, valid_sizes(config)))

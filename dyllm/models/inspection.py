@@ -72,7 +72,7 @@ def describe_checkpoint(folder: str | Path) -> dict[str, Any]:
         "path": str(folder),
         **config.shape_summary(),
         "max_position_embeddings": config.max_position_embeddings,
-        "tensor_parallel_sizes": valid_sizes(config),  # [1] for the MoE families (not split)
+        "tensor_parallel_sizes": valid_sizes(config),
         "checkpoint_dtype": "+".join(sorted(stored)) if stored else config.torch_dtype,
         "config_dtype": config.torch_dtype,
         "stored_dtypes": stored,

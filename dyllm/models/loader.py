@@ -11,9 +11,10 @@ docs/models.md).
 
 Tensor parallelism (`shard`): each process builds the parts of the modules it holds and reads
 only its slices of the split tensors (`safe_open(...).get_slice(key)[start:end]`, by rows or by
-columns), so no process ever holds a whole split tensor; the replicated ones (the norms) are read
-whole. Shapes are checked against the whole model before any slice is read. Which tensor is
-split how: `dyllm.models.parallel.SPLITS`; the split itself is planned by `dyllm.distributed`.
+columns; a fused QKV's Q, K and V row ranges read and concatenated), so no process ever holds
+a whole split tensor; the replicated ones (the norms, a MoE layer's router) are read whole.
+Shapes are checked against the whole model before any slice is read. Which tensor is split how:
+`dyllm.models.parallel.SPLITS`; the split itself is planned by `dyllm.distributed`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from dyllm.json_files import read_json, read_json_object
 from dyllm.models.config import ConfigError, ModelConfig, describe_value
 from dyllm.models.keymaps import checkpoint_keys
-from dyllm.models.parallel import TensorParallelShard
+from dyllm.models.parallel import ParameterSlice, TensorParallelShard
 from dyllm.models.safetensors_header import unsupported_dtype
 from dyllm.models.transformer import DiffusionTransformer
 from dyllm.tokenizer import Tokenizer
@@ -276,13 +277,13 @@ def _read_tensors(
     expected: dict[str, tuple[str, tuple[int, ...]]],
     device: torch.device,
     dtype: torch.dtype,
-    slices: dict[str, tuple[int, int, int] | None],
+    slices: dict[str, ParameterSlice | None],
     check_finite: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every tensor, checked for presence, shape, stored dtype and (check_finite) NaN or
     infinity after the cast, then moved: {parameter name: tensor}.
 
-    slices: parameter name -> (dimension, start, end) to read only that part of its tensor
+    slices: parameter name -> (dimension, ranges) to read only those parts of its tensor
     (tensor parallelism); a name absent or None is read whole.
     """
     by_shard: dict[Path, list[str]] = {}
@@ -345,13 +346,15 @@ def _check_finite(key: str, shard: Path, stored: torch.Tensor, loaded: torch.Ten
     )
 
 
-def _read_part(handle: Any, key: str, part: tuple[int, int, int] | None) -> torch.Tensor:
-    """Tensor `key`, or only rows (dimension 0) / columns (dimension 1) start..end of it."""
+def _read_part(handle: Any, key: str, part: ParameterSlice | None) -> torch.Tensor:
+    """Tensor `key`, or only the row (dimension 0) / column (dimension 1) ranges of `part` of
+    it, concatenated in order (a fused QKV's three ranges, else one)."""
     if part is None:
         return handle.get_tensor(key)
-    dimension, start, end = part
+    dimension, ranges = part
     view = handle.get_slice(key)
-    return view[start:end] if dimension == 0 else view[:, start:end]
+    pieces = [view[start:end] if dimension == 0 else view[:, start:end] for start, end in ranges]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dimension)
 
 
 def _open_safetensors(file: Path):

@@ -1,7 +1,8 @@
 """The mixture-of-experts FFN of LLaDA-MoE and LLaDA2: the `ffn` of a MoE layer.
 
-`MoEFeedForward(experts, hidden_size)` holds one MoE layer's weights, the router (`gate`), the
-optional expert bias, the routed experts and the shared expert, and computes, for x [..., d]:
+`MoEFeedForward(experts, hidden_size, split)` holds one MoE layer's weights, the router
+(`gate`), the optional expert bias, the routed experts and the shared expert, and computes, for
+x [..., d]:
 
 * LLaDA-MoE (`router == "softmax"`): router logits `x @ gate^T` in x's dtype, softmax in float32
   over all experts (+ expert bias, which also weights), top-k without renormalisation, weights
@@ -17,6 +18,14 @@ makes MoE layers, so its `feed_forward` stage (the dense forward's and the spars
 it. Parameter names follow the checkpoints' per-layer suffixes (`gate.weight`, `experts.{e}.*`);
 where each family keeps the expert bias and the shared expert is `dyllm.models.keymaps`. The
 expert bias is a parameter (never trained) so that the loader reads it like any weight.
+
+Tensor parallelism (`split` > 1 processes, docs/tensor-parallel.md): the router and the expert
+bias are whole on every process, so every process routes each row to the same experts with the
+same weights; each expert and the shared expert hold 1/split of their columns (gate/up rows,
+down columns), so `forward` returns this process's part of the output, a partial sum that the
+layer's sum over processes (`DecoderLayer.feed_forward`) completes. The weighted sum over
+experts is linear in each expert's output, so weighting the partial sums and adding them over
+processes is the single-process result up to the order of the additions.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ class MoEFeedForward(nn.Module):
 
     expert_bias: nn.Parameter | None
 
-    def __init__(self, config: ExpertConfig, hidden_size: int) -> None:
+    def __init__(self, config: ExpertConfig, hidden_size: int, split: int = 1) -> None:
+        """split: processes the experts' columns are divided among (1: the whole layer)."""
         super().__init__()
         self.config = config
         d = hidden_size
@@ -45,10 +55,10 @@ class MoEFeedForward(nn.Module):
         else:
             self.expert_bias = None
         self.experts = nn.ModuleList(
-            SwiGLU(d, config.expert_intermediate_size) for _ in range(config.num_experts)
+            SwiGLU(d, config.expert_intermediate_size // split) for _ in range(config.num_experts)
         )
         shared = config.shared_expert_intermediate_size
-        self.shared_expert = SwiGLU(d, shared) if shared is not None else None
+        self.shared_expert = SwiGLU(d, shared // split) if shared is not None else None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [N, k] float32, expert indices [N, k]) for the rows x [N, d]."""
@@ -70,7 +80,7 @@ class MoEFeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., d] -> [..., d] in x's dtype."""
+        """x [..., d] -> [..., d] in x's dtype (with `split` > 1: this process's partial sum)."""
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         if rows.shape[0] == 0:

@@ -9,6 +9,14 @@ gathered). Norms are replicated. Grouped-query attention splits the key/value he
 query heads, or, when there are fewer key/value heads than processes, gives each process the one
 key/value head its query heads read (held by `kv_replicas` processes).
 
+The mixture-of-experts families split the same way: a fused QKV (LLaDA2) is three row ranges of
+one tensor (this process's Q heads, K heads and V heads, concatenated in that order, the layout
+the layer's fused projection expects); the per-head QK-norm weights are replicated (one [D]
+vector every head shares); a MoE FFN keeps its router (gate, expert bias) whole on every
+process, so every process routes every row to the same experts with the same weights, and
+splits every expert's and the shared expert's columns like a dense SwiGLU's. The layer's one
+sum after the FFN then adds the processes' partial weighted expert sums.
+
 This module only describes a shard; `dyllm.distributed` decides the split (and refuses
 impossible ones) and implements `Communicator` with torch.distributed. The model calls the
 communicator in two stages of a block (`DecoderLayer.attention_output`, `feed_forward` and the
@@ -18,6 +26,7 @@ forward and the sparse step share every collective.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -26,7 +35,9 @@ import torch.nn.functional as F
 
 from dyllm.models.config import ModelConfig
 
-SplitKind = Literal["heads", "kv_heads", "intermediate", "vocab"]
+SplitKind = Literal[
+    "heads", "kv_heads", "qkv", "intermediate", "expert_columns", "shared_columns", "vocab"
+]
 
 SPLITS: dict[str, tuple[SplitKind, int]] = {
     "embed.weight": ("vocab", 0),
@@ -41,9 +52,24 @@ SPLITS: dict[str, tuple[SplitKind, int]] = {
     "ffn.gate_proj.weight": ("intermediate", 0),
     "ffn.up_proj.weight": ("intermediate", 0),
     "ffn.down_proj.weight": ("intermediate", 1),
+    "qkv_proj.weight": ("qkv", 0),
+    "qkv_proj.bias": ("qkv", 0),
+    "ffn.experts.*.gate_proj.weight": ("expert_columns", 0),
+    "ffn.experts.*.up_proj.weight": ("expert_columns", 0),
+    "ffn.experts.*.down_proj.weight": ("expert_columns", 1),
+    "ffn.shared_expert.gate_proj.weight": ("shared_columns", 0),
+    "ffn.shared_expert.up_proj.weight": ("shared_columns", 0),
+    "ffn.shared_expert.down_proj.weight": ("shared_columns", 1),
 }
-"""Parameter name (a block's without its `layers.{i}.` prefix) -> what it is split by and along
-which dimension of its [out, in] tensor. Every other parameter (the norms) is replicated."""
+"""Parameter name (a block's without its `layers.{i}.` prefix; an expert's index written `*`) ->
+what it is split by and along which dimension of its [out, in] tensor. Every other parameter
+(the norms, the QK-norms, a MoE layer's router and expert bias) is replicated."""
+
+ParameterSlice = tuple[int, tuple[tuple[int, int], ...]]
+"""(dimension, ranges): the [start, end) ranges along `dimension` of a full tensor that one
+process holds, concatenated in order (one range, except a fused QKV's three)."""
+
+_EXPERT_INDEX = re.compile(r"^ffn\.experts\.\d+\.")
 
 
 @runtime_checkable
@@ -83,7 +109,8 @@ class TensorParallelShard:
     """Processes holding each of these key/value heads: 1 when they are split, world_size /
     num_kv_heads when there are fewer key/value heads than processes."""
     intermediate: tuple[int, int]
-    """FFN columns (gate/up rows, down columns)."""
+    """Dense FFN columns (gate/up rows, down columns); (0, 0) when the model has no dense FFN
+    width (every layer a mixture of experts)."""
     vocab: tuple[int, int]
     """Rows of the embedding and of the LM head."""
     vocab_block: int
@@ -115,18 +142,27 @@ class TensorParallelShard:
         their `kv_replicas` holders does; the others would count them again)."""
         return self.rank % self.kv_replicas == 0
 
+    def columns(self, width: int) -> tuple[int, int]:
+        """This process's equal part [start, end) of `width` FFN columns (an expert's, the
+        shared expert's; the plan checks that the processes divide `width`)."""
+        part = width // self.world_size
+        return self.rank * part, (self.rank + 1) * part
+
     def check(self, config: ModelConfig) -> None:
-        """Fail when the ranges do not fit `config` (a plan from `dyllm.distributed` fits), or
-        when the model is one tensor parallelism does not split yet."""
-        refusal = unsplittable(config)
-        if refusal is not None:
-            raise ValueError(refusal)
+        """Fail when the ranges do not fit `config` (a plan from `dyllm.distributed` fits)."""
+        problem = split_problem(config, self.world_size)
+        if problem is not None:
+            raise ValueError(
+                f"tensor-parallel shard {self.rank}: cannot split the model over "
+                f"{self.world_size} processes: {problem}; build shards with dyllm.distributed"
+            )
         limits = {
             "heads": (self.heads, config.num_heads),
             "kv_heads": (self.kv_heads, config.num_kv_heads),
-            "intermediate": (self.intermediate, config.intermediate_size),
             "vocab": (self.vocab, config.vocab_size),
         }
+        if _has_dense_ffn(config):
+            limits["intermediate"] = (self.intermediate, config.intermediate_size)
         for name, ((start, end), size) in limits.items():
             if not 0 <= start < end <= size:
                 raise ValueError(
@@ -145,16 +181,36 @@ class TensorParallelShard:
                 f"exactly key/value heads {self.kv_heads}"
             )
 
-    def parameter_slice(self, name: str, config: ModelConfig) -> tuple[int, int, int] | None:
-        """(dimension, start, end) of parameter `name`'s full tensor that this process holds,
-        or None when it is replicated."""
-        split = SPLITS.get(name.split(".", 2)[2] if name.startswith("layers.") else name)
+    def parameter_slice(self, name: str, config: ModelConfig) -> ParameterSlice | None:
+        """(dimension, ranges) of parameter `name`'s full tensor that this process holds, or
+        None when it is replicated. A fused QKV's ranges are this process's Q rows, K rows and
+        V rows (the full tensor's rows are all Q heads, then all K heads, then all V heads)."""
+        key = name.split(".", 2)[2] if name.startswith("layers.") else name
+        split = SPLITS.get(_EXPERT_INDEX.sub("ffn.experts.*.", key))
         if split is None:
             return None
         kind, dimension = split
+        head_dim = config.head_dim
+        if kind == "qkv":
+            q_rows, kv_rows = config.num_heads * head_dim, config.num_kv_heads * head_dim
+            (q0, q1), (kv0, kv1) = self.heads, self.kv_heads
+            ranges = (
+                (q0 * head_dim, q1 * head_dim),
+                (q_rows + kv0 * head_dim, q_rows + kv1 * head_dim),
+                (q_rows + kv_rows + kv0 * head_dim, q_rows + kv_rows + kv1 * head_dim),
+            )
+            return dimension, ranges
+        if kind in ("expert_columns", "shared_columns"):
+            experts = config.experts
+            assert experts is not None, f"{name} belongs to a mixture-of-experts layer"
+            width = experts.expert_intermediate_size
+            if kind == "shared_columns":
+                assert experts.shared_expert_intermediate_size is not None
+                width = experts.shared_expert_intermediate_size
+            return dimension, (self.columns(width),)
         start, end = getattr(self, kind)
-        unit = config.head_dim if kind in ("heads", "kv_heads") else 1
-        return dimension, start * unit, end * unit
+        unit = head_dim if kind in ("heads", "kv_heads") else 1
+        return dimension, ((start * unit, end * unit),)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over the group's processes (the communicator's `all_reduce`; use the result)."""
@@ -177,8 +233,6 @@ def valid_sizes(config: ModelConfig) -> list[int]:
 
 def split_problem(config: ModelConfig, size: int) -> str | None:
     """Why `config` cannot be split over `size` processes, or None when it can."""
-    if size > 1 and unsplittable(config) is not None:
-        return "tensor parallelism does not split mixture-of-experts models yet"
     heads, kv_heads = config.num_heads, config.num_kv_heads
     if heads % size:
         return f"its {heads} attention heads do not divide into {size} equal groups"
@@ -187,22 +241,19 @@ def split_problem(config: ModelConfig, size: int) -> str | None:
             f"its {kv_heads} key/value heads can be neither divided among {size} processes nor "
             f"replicated evenly ({size} is not a multiple of {kv_heads})"
         )
-    if config.intermediate_size % size:
-        return f"its {config.intermediate_size} FFN columns do not divide into {size} equal parts"
+    widths = {"FFN columns": config.intermediate_size if _has_dense_ffn(config) else 0}
+    if config.experts is not None:
+        widths["columns of each expert"] = config.experts.expert_intermediate_size
+        widths["columns of the shared expert"] = config.experts.shared_expert_intermediate_size or 0
+    for what, width in widths.items():
+        if width % size:
+            return f"its {width} {what} do not divide into {size} equal parts"
     block = -(-config.vocab_size // size)
     if block * (size - 1) >= config.vocab_size:
         return f"its {config.vocab_size} vocabulary rows leave a process without any"
     return None
 
 
-def unsplittable(config: ModelConfig) -> str | None:
-    """Why `config`'s model cannot be split over processes yet (None: it can). The
-    mixture-of-experts families are not split: their experts would be divided between processes
-    (expert parallelism) and LLaDA2's fused QKV by heads inside one tensor, neither of which is
-    written."""
-    if config.experts is None and not config.fused_qkv:
-        return None
-    return (
-        f"tensor parallelism does not support {config.family!r} models yet (their mixture of "
-        "experts and fused QKV are not split over processes); load them with tensor_parallel=1"
-    )
+def _has_dense_ffn(config: ModelConfig) -> bool:
+    """Whether some layer of `config` has the dense SwiGLU of `intermediate_size` columns."""
+    return not all(config.is_moe_layer(index) for index in range(config.num_layers))

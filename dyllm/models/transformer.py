@@ -137,7 +137,7 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(d, config.rms_norm_eps)
         if self.is_moe:
             assert config.experts is not None
-            self.ffn = MoEFeedForward(config.experts, d)
+            self.ffn = MoEFeedForward(config.experts, d, 1 if shard is None else shard.world_size)
         else:
             self.ffn = SwiGLU(d, intermediate)
 
