@@ -147,7 +147,14 @@ def equivalence(rank: int, world: int, payload: dict[str, Any]) -> dict[Any, Any
 
 MOE_OPTIONS = {"gen_length": 16, "steps": 16, "block_length": 8, "sampler": "llada"}
 """LLaDA's sampler, greedy, two blocks: what `tests/test_moe_models.py` runs the MoE models with
-(LLaDA2's own block-diffusion sampler is not part of `dyllm.generate`)."""
+(LLaDA2's own samplers: `BLOCK_OPTIONS`)."""
+
+
+BLOCK_OPTIONS = {
+    "llada2": {"sampler": "llada2", "gen_length": 16, "block_length": 4, "steps": 4},
+    "llada2.1": {"sampler": "llada2.1", "gen_length": 16, "block_length": 4, "max_post_steps": 2},
+}
+"""LLaDA2's own samplers (block diffusion, token editing) at a size that runs four blocks."""
 
 
 def moe_forward_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,6 +189,10 @@ def moe_equivalence(rank: int, world: int, payload: dict[str, Any]) -> dict[Any,
                 model, PROMPTS["padded"], make_policy(policy), **MOE_OPTIONS
             )
             results[(name, policy)] = (result.token_ids, recorder.logits)
+        for sampler, policy in payload.get("block_runs", {}).get(name, ()):
+            options = BLOCK_OPTIONS[sampler]
+            result = dyllm.generate(model, PROMPTS["padded"], policy=make_policy(policy), **options)
+            results[(name, sampler, policy)] = result.token_ids
     return results
 
 

@@ -1,7 +1,9 @@
 """`dyllm serve` with a mixture-of-experts model: a tiny LLaDA-MoE checkpoint (tests/
 moe_checkpoints.py, with a character tokenizer and a chat template) answers the official OpenAI
 client on 127.0.0.1 with exactly the text `dyllm.generate` gives, on one process (dense and
-under DyLLM, completions and chat) and split over two processes by torchrun.
+under DyLLM, completions and chat) and split over two processes by torchrun; a tiny LLaDA2
+checkpoint does the same through its default block-diffusion sampler (`llada2`), batched
+requests included.
 
 The random weights' LM-head rows of the unused ids and the special tokens (53-63) are zeroed, so
 their logits are 0 while the largest of the 53 others is positive: the model writes characters,
@@ -40,8 +42,12 @@ MESSAGES = [{"role": "user", "content": PROMPTS[1]}]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("serve-moe") / NAME
-    write_tiny_moe_checkpoint("llada_moe", path, seed=7)
+    return _tiny_folder(tmp_path_factory.mktemp("serve-moe"), "llada_moe", NAME)
+
+
+def _tiny_folder(root: Path, family: str, name: str) -> Path:
+    path = root / name
+    write_tiny_moe_checkpoint(family, path, seed=7)
     write_tiny_moe_tokenizer(path)
     weights = load_file(path / "model.safetensors")
     weights["lm_head.weight"][53:] = 0
@@ -86,6 +92,44 @@ def test_a_served_moe_model_answers_as_generate(served: ServedModel) -> None:
         )
         assert chat.choices[0].message.content == alone(model, chat_ids(model))
         assert chat.usage.prompt_tokens == len(chat_ids(model))
+
+
+def test_a_served_llada2_model_answers_as_generate_with_block_diffusion(
+    tmp_path: Path,
+) -> None:
+    """LLaDA2's default sampler (block diffusion, exact block cache) behind the server: answers,
+    chat, and concurrent requests (which the server may batch) as `dyllm.generate` alone."""
+    served = load_served_model(
+        ServeSettings(model=str(_tiny_folder(tmp_path, "llada2", "tiny-llada2")), dtype="float32")
+    )
+    model = served.model
+    assert model.config.family == "llada2"
+
+    def llada2_alone(prompt) -> str:
+        return dyllm.generate(model, [prompt], **OPTIONS).texts[0]
+
+    with BackgroundServer(served, ServeSettings(port=0)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        answers = client.completions.create(
+            model=served.name, prompt=PROMPTS, max_tokens=16, extra_body=EXTRA
+        )
+        expected = [llada2_alone(prompt) for prompt in PROMPTS]
+        assert [choice.text for choice in sorted(answers.choices, key=lambda c: c.index)] == (
+            expected
+        )
+        assert all(len(text) == 16 for text in expected)
+        chat = client.chat.completions.create(
+            model=served.name, messages=MESSAGES, max_tokens=16, extra_body=EXTRA
+        )
+        assert chat.choices[0].message.content == llada2_alone(chat_ids(model))
+        refused = client.completions.with_raw_response
+        with pytest.raises(openai.BadRequestError, match="cfg_scale"):
+            refused.create(
+                model=served.name,
+                prompt=PROMPTS[0],
+                max_tokens=16,
+                extra_body={**EXTRA, "cfg_scale": 1.0},
+            )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -40,6 +40,7 @@ from dyllm.models import DiffusionTransformer, preset
 from dyllm.models.keymaps import checkpoint_keys
 from dyllm.models.moe_config import read_moe_config
 from tests.distributed_jobs import (
+    BLOCK_OPTIONS,
     MOE_OPTIONS,
     PROMPTS,
     make_policy,
@@ -53,9 +54,15 @@ from tests.test_tensor_parallel import ProcessGroupCommunicatorStub, spawn
 ATOL, RTOL = 1e-4, 1e-5
 FAMILIES = ("llada_moe", "llada2")
 POLICIES = {"llada_moe": ("dense", "dyllm", "every-row"), "llada2": ("dense", "dyllm")}
-"""LLaDA's sampler under every policy the issue names on LLaDA-MoE; on LLaDA2 (whose own
-block-diffusion sampler is not part of `dyllm.generate`) a dense and a DyLLM run of the same
-sampler, which drive the fused QKV's per-part row slices through the sparse step."""
+"""LLaDA's sampler under every policy the issue names on LLaDA-MoE; on LLaDA2 a dense and a
+DyLLM run of the same sampler, which drive the fused QKV's per-part row slices through the
+sparse step."""
+
+BLOCK_RUNS = {
+    "llada2": (("llada2", "dense"), ("llada2", "dyllm"), ("llada2.1", "dense")),
+}
+"""LLaDA2's own samplers split over processes: block diffusion (exact block cache) dense and
+with DyLLM selecting rows inside the current block, and token editing."""
 
 REPLICATED = ("norm.weight", "ffn.gate.weight", "ffn.expert_bias")
 """Parameter-name endings every process reads whole: norms (QK-norms too), router, expert bias."""
@@ -76,7 +83,7 @@ def two_processes(
     folders = {family: str(path) for family, path in checkpoints.items()}
     payload = {
         "jobs": ["moe_equivalence"],
-        "moe_equivalence": {"folders": folders, "policies": POLICIES},
+        "moe_equivalence": {"folders": folders, "policies": POLICIES, "block_runs": BLOCK_RUNS},
     }
     runs = spawn(2, payload, tmp_path_factory.mktemp("tp-moe-run") / "run")
     return [run["moe_equivalence"] for run in runs]  # type: ignore[index]
@@ -122,6 +129,20 @@ def test_split_generation_gives_the_single_process_tokens(
             torch.testing.assert_close(
                 got, want, atol=ATOL, rtol=RTOL, msg=f"{family} {policy} step {step}"
             )
+
+
+@pytest.mark.parametrize(
+    ("sampler", "policy"), [run for runs in BLOCK_RUNS.values() for run in runs]
+)
+def test_split_block_diffusion_gives_the_single_process_tokens(
+    sampler: str, policy: str, two_processes: list[dict[Any, Any]], checkpoints: dict[str, Path]
+) -> None:
+    model = never_predicts_mask(dyllm.load(checkpoints["llada2"], dtype="float32"))
+    expected = dyllm.generate(
+        model, PROMPTS["padded"], policy=make_policy(policy), **BLOCK_OPTIONS[sampler]
+    )
+    for rank, run in enumerate(two_processes):
+        assert run[("llada2", sampler, policy)] == expected.token_ids, (sampler, policy, rank)
 
 
 # ------------------------------------------------------------------ the plan, without processes

@@ -1,7 +1,7 @@
 """From a parsed request to a `Job`, refusing on the event loop everything generate would refuse.
 
 Everything is checked here, before a request is queued, with the checks `dyllm.generate` itself
-runs (`resolve_config`, `validate_config`, `encode_prompts`, `check_prompt_ids`) and the policy
+runs (`resolve_options`, `encode_prompts`, `check_prompt_ids`) and the policy
 registry's, so a bad request costs milliseconds and a 4xx, never a batch: the model named, the
 fields (`protocol.unexpected_fields`), `max_tokens` against the model's context, the prompt or
 the chat messages and the template, the sampler options, the policy and its parameters, `n`,
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dyllm.generation import GenerationConfig
-from dyllm.generation.config import option_names, resolve_config
+from dyllm.generation.config import BLOCK_SAMPLERS, FAMILY_SAMPLERS, option_names
 from dyllm.generation.prompts import check_prompt_ids, encode_prompts
-from dyllm.generation.validation import validate_config
+from dyllm.generation.run import resolve_options
 from dyllm.serve.errors import APIError, bad_request
 from dyllm.serve.jobs import Job
 from dyllm.serve.policy_spec import PolicySpec, parse_policy_spec, with_arguments
@@ -225,11 +225,11 @@ def _resolved_config(
         options["seed"] = request.seed
     if request.top_p is not None and not (model.config.family != "dream" and request.top_p == 1):
         options["top_p"] = request.top_p  # 1 filters nothing: harmless for LLaDA, so dropped
-    options["stop_at_eos"] = model.config.eos_token_id is not None
+    sampler = options.get("sampler") or FAMILY_SAMPLERS.get(model.config.family)
+    if sampler not in BLOCK_SAMPLERS:  # LLaDA2's samplers end the answer at EOS themselves
+        options["stop_at_eos"] = model.config.eos_token_id is not None
     try:
-        config = GenerationConfig().replace(**options)
-        config = resolve_config(config, model.config.family, model.generation_defaults)
-        validate_config(config, model.config)
+        config = resolve_options(model, None, options)
     except ValueError as error:
         message = _message(error)
         given = [name for name in SAMPLER_FIELDS if name in options]
@@ -244,6 +244,8 @@ def batch_invariant(config: GenerationConfig) -> bool:
     """Whether a row's tokens do not depend on its batch-mates (nothing random is drawn)."""
     if config.temperature > 0:
         return False
+    if config.sampler in BLOCK_SAMPLERS:  # greedy only; every row keeps its own block state
+        return True
     if config.sampler == "llada":
         return config.remasking == "low_confidence"
     return config.alg != "origin" and config.alg_temp is None
