@@ -56,12 +56,6 @@ def rope_angles(
     return angles.cos(), angles.sin()
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """`cat(-x2, x1)` over the last dimension (the NeoX / HF-Llama half layout)."""
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
 def apply_rope(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool
 ) -> torch.Tensor:
@@ -78,10 +72,20 @@ def apply_rope(
         return torch.cat((rotated, x[..., rotary:]), dim=-1)
     cos, sin = cos[:, None], sin[:, None]
     if full_precision:
-        x32 = x.float()
-        return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+        return _rotated(x.float(), cos, sin).to(x.dtype)
+    return _rotated(x, cos.to(x.dtype), sin.to(x.dtype))
+
+
+def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`x * cos + rotate_half(x) * sin`, rotate_half(x) = cat(-x2, x1) over the last dimension
+    (the NeoX / HF-Llama half layout), without materialising rotate_half(x): element for element
+    the same products and sums (`a + (-b) c` is exactly `a - b c`), in fewer passes over memory
+    (the sparse step rotates every query row of every layer)."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half] -= x[..., half:] * sin[..., :half]
+    out[..., half:] += x[..., :half] * sin[..., half:]
+    return out
 
 
 def expand_kv_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
