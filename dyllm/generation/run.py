@@ -209,22 +209,7 @@ def _run_block_sampler(
             steps_run += batch.steps_run
     finally:
         progress.close()
-    ends = answer_end_token_ids(model.tokenizer)
-    texts_of = [tokens_before_eos(answer, options.eos_id, ends) for answer in answers]
-    counts = [len(answer) for answer in texts_of]
-    stats = GenerationStats(
-        generated_tokens=sum(counts),
-        generated_tokens_per_row=counts,
-        nfe=denoiser.nfe,
-        steps_run=steps_run,
-        wall_time_s=wall_time,
-        extra=dict(denoiser.extra_stats()),
-    )
-    tokenizer = model.tokenizer
-    texts = None
-    if tokenizer is not None:
-        texts = [tokenizer.decode(answer, skip_special_tokens=True) for answer in texts_of]
-    return GenerationResult(token_ids=answers, texts=texts, stats=stats, options=resolved)
+    return _result(model, answers, denoiser, steps_run, wall_time, resolved, options.eos_id)
 
 
 def block_options(resolved: GenerationConfig, mask_id: int) -> BlockDiffusionOptions:
@@ -289,8 +274,12 @@ def _result(
     steps_run: int,
     wall_time: float,
     resolved: GenerationConfig,
+    eos: int | None = None,
 ) -> GenerationResult:
-    eos = model.config.eos_token_id
+    """The result of a run: answers cut at `eos` (default: the model's EOS) or another answer end
+    for the texts and counts, the token ids as generated."""
+    if eos is None:
+        eos = model.config.eos_token_id
     ends = answer_end_token_ids(model.tokenizer)
     answers = [tokens_before_eos(row, eos, ends) for row in generated]
     counts = [len(answer) for answer in answers]

@@ -27,13 +27,12 @@ import torch
 from einops import rearrange
 
 from dyllm.kernels.dispatch import register
-from dyllm.kernels.primitives import attention, attention_logsumexp, row_cosine, row_partial_sums
+from dyllm.kernels.primitives import attention
 from dyllm.kernels.reference_saliency_attention import (
     cached_statistics_update,
     check_row_lse,
     columns_to_full_length,
-    gather_query_rows,
-    write_valid_rows,
+    exact_rows_and_signal,
 )
 from dyllm.kernels.row_sets import PaddedRows
 
@@ -77,20 +76,9 @@ def saliency_attention_cpu(
         context_new = context_old.float() + rearrange(update, "b h q d -> b q (h d)")
     else:
         context_new = context_old.float().clone()
-
-    if exact.width:
-        exact_q = gather_query_rows(q, exact.index)  # [B, H, E, D]
-        exact_context = attention(exact_q, key, value.float(), key_mask)
-        write_valid_rows(context_new, exact, rearrange(exact_context, "b h e d -> b e (h d)"))
-        if row_lse is not None:
-            exact_lse = attention_logsumexp(exact_q, key, key_mask)  # [B, H, E]
-            write_valid_rows(row_lse, exact, exact_lse.transpose(1, 2))
-
-    if partial_sums:
-        signal = row_partial_sums(context_new, context_old)
-    else:
-        signal = row_cosine(context_new, context_old)
-    return context_new.to(context_old.dtype), signal
+    return exact_rows_and_signal(
+        q, key, value, context_old, context_new, exact, key_mask, row_lse, partial_sums
+    )
 
 
 def fused_update(

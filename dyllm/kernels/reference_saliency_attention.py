@@ -85,7 +85,26 @@ def saliency_attention_reference(
         context_new = context_old.float() + rearrange(update, "b h q d -> b q (h d)")
     else:
         context_new = context_old.float().clone()
+    return exact_rows_and_signal(
+        q, key, value, context_old, context_new, exact, key_mask, row_lse, partial_sums
+    )
 
+
+def exact_rows_and_signal(
+    q: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context_old: torch.Tensor,
+    context_new: torch.Tensor,
+    exact: PaddedRows,
+    key_mask: torch.Tensor | None,
+    row_lse: torch.Tensor | None,
+    partial_sums: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every form of the operation shares once the approximate rows are updated: the exact
+    rows written into `context_new` (float32 [B, Q, H*D], in place; their log-sum-exp into
+    `row_lse` when given), then the cast back and the signal (cosine or partial sums) against
+    `context_old`. q and key float32, as the callers hold them."""
     if exact.width:
         exact_q = gather_query_rows(q, exact.index)  # [B, H, E, D]
         exact_context = attention(exact_q, key, value.float(), key_mask)
