@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 
 import torch
+from bench_sparse_step import step_canvas
 
 import dyllm
 from dyllm.engine import SaliencyDenoiser
-from dyllm.generation import DenseDenoiser, StepContext
+from dyllm.generation import DenseDenoiser
 from dyllm.models import DiffusionTransformer
 from dyllm.models.moe_config import read_moe_config
 from dyllm.policies import CosineThreshold, SaliencyPolicy, TopK
@@ -77,23 +78,8 @@ def moe_config(args: argparse.Namespace) -> dict:
 
 def interleaved_steps(model: DiffusionTransformer, args: argparse.Namespace) -> dict:
     """Median dense and top-k sparse step times on `args.batch` sequences, timed alternately."""
-    config = model.config
-    generator = torch.Generator().manual_seed(2)
-    prompt = torch.randint(2, config.vocab_size - 1, (args.batch, args.prompt), generator=generator)
-    x = torch.cat([prompt, torch.full((args.batch, args.gen), config.mask_token_id)], dim=1)
+    x, context = step_canvas(model.config, args.batch, args.prompt, args.gen, args.block)
     start = args.prompt
-
-    def context(step: int, committed: torch.Tensor | None) -> StepContext:
-        return StepContext.on_canvas(
-            x,
-            step=step,
-            block_start=start,
-            block_end=start + args.block,
-            prompt_length=start,
-            mask_token_id=config.mask_token_id,
-            logit_shift=config.logit_shift,
-            newly_committed=committed,
-        )
 
     dense = DenseDenoiser(model)
     sparse = SaliencyDenoiser(model, TopK(args.fraction, warmup_steps=1), trace=True)

@@ -63,27 +63,35 @@ def run_policy(model, prompt, policy: SaliencyPolicy | None, options: dict) -> d
     }
 
 
-def interleaved_steps(model, args, fraction: float, repeats: int, batch: int) -> dict:
-    """Median times of a dense step and of top-k sparse steps on `batch` sequences, timed
-    alternately."""
-    config = model.config
+def step_canvas(config, batch: int, prompt: int, gen: int, block: int):
+    """A canvas [batch, prompt + gen] of random prompts and a masked answer, and the
+    `context(step, committed)` of a step on it in the first block (shared with
+    bench_moe_step.py)."""
     generator = torch.Generator().manual_seed(2)
-    prompt = torch.randint(2, config.vocab_size - 1, (batch, args.prompt), generator=generator)
-    x = torch.cat([prompt, torch.full((batch, args.gen), config.mask_token_id)], dim=1)
-    start = args.prompt
+    prompts = torch.randint(2, config.vocab_size - 1, (batch, prompt), generator=generator)
+    x = torch.cat([prompts, torch.full((batch, gen), config.mask_token_id)], dim=1)
 
     def context(step: int, committed: torch.Tensor | None) -> StepContext:
         return StepContext.on_canvas(
             x,
             step=step,
-            block_start=start,
-            block_end=start + args.block,
-            prompt_length=start,
+            block_start=prompt,
+            block_end=prompt + block,
+            prompt_length=prompt,
             mask_token_id=config.mask_token_id,
             logit_shift=config.logit_shift,
             newly_committed=committed,
         )
 
+    return x, context
+
+
+def interleaved_steps(model, args, fraction: float, repeats: int, batch: int) -> dict:
+    """Median times of a dense step and of top-k sparse steps on `batch` sequences, timed
+    alternately."""
+    config = model.config
+    x, context = step_canvas(config, batch, args.prompt, args.gen, args.block)
+    start = args.prompt
     dense = DenseDenoiser(model)
     sparse = SaliencyDenoiser(model, TopK(fraction, warmup_steps=1), trace=True)
     times: dict[str, list[float]] = {"dense": [], "sparse_response": [], "sparse_whole": []}
