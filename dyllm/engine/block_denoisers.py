@@ -24,7 +24,7 @@ column, which no query sees.
 The cached path computes, per step, the current block instead of the whole window: the same
 float32 arithmetic on fewer rows, so its logits equal the recomputed ones to rounding (the
 attention sums run over the same keys; matmul shapes differ) and greedy tokens match
-(`tests/test_block_cache.py`).
+(`tests/test_block_diffusion.py`).
 """
 
 from __future__ import annotations
