@@ -14,14 +14,9 @@ float32 rounding (tests/test_tensor_parallel_moe.py), far below these models' lo
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from safetensors.torch import load_file, save_file
@@ -30,7 +25,7 @@ import dyllm
 from dyllm.policies import CosineThreshold
 from dyllm.serve import BackgroundServer, ServedModel, ServeSettings, load_served_model
 from tests.moe_checkpoints import write_tiny_moe_checkpoint, write_tiny_moe_tokenizer
-from tests.test_serve_tensor_parallel import STARTUP_S, _children, _free_port, _gone
+from tests.test_serve_tensor_parallel import split_server
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-llada-moe"
@@ -136,34 +131,9 @@ def test_a_served_llada2_model_answers_as_generate_with_block_diffusion(
 def test_a_moe_model_served_over_two_processes_answers_as_one(
     folder: Path, served: ServedModel
 ) -> None:
-    port = _free_port()
-    environment = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command = [*launcher, "--nproc-per-node", "2", "-m", "dyllm", "serve", "--port", str(port)]
-    command += ["--model", str(folder), "--dtype", "float32", "--tensor-parallel", "2"]
-    process = subprocess.Popen(
-        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    workers: list[int] = []
-    try:
-        limit = time.monotonic() + STARTUP_S
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
-            assert time.monotonic() < limit, f"the server did not come up in {STARTUP_S} s"
-            time.sleep(0.1)
-        workers = _children(process.pid)
-        assert len(workers) == 2, workers
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    arguments = ["--model", str(folder), "--dtype", "float32"]
+    with split_server(arguments) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         model = served.model  # the single process's
         answer = client.completions.create(
             model=NAME, prompt=PROMPTS[0], max_tokens=16, extra_body=EXTRA
@@ -173,16 +143,4 @@ def test_a_moe_model_served_over_two_processes_answers_as_one(
             model=NAME, messages=MESSAGES, max_tokens=16, extra_body=EXTRA
         )
         assert chat.choices[0].message.content == alone(model, chat_ids(model))
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        limit = time.monotonic() + 30
-        while not all(_gone(pid) for pid in workers):
-            assert time.monotonic() < limit, "a server process outlived torchrun"
-            time.sleep(0.1)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in workers:
-            if not _gone(pid):
-                os.kill(pid, signal.SIGKILL)
+        server.stop()

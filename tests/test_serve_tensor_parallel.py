@@ -17,6 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,8 +59,29 @@ def _gone(pid: int) -> bool:
     return "\nState:\tZ" in status  # exited, not yet reaped
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_serve_split_over_two_processes_answers_as_one_and_stops_on_sigterm() -> None:
+@dataclass
+class SplitServer:
+    """`dyllm serve` under torchrun on two processes, up and answering on `url`."""
+
+    process: subprocess.Popen
+    url: str
+    workers: list[int]
+
+    def stop(self) -> str:
+        """SIGTERM to torchrun; wait until it and both servers are gone; torchrun's output."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        limit = time.monotonic() + 30
+        while not all(_gone(pid) for pid in self.workers):
+            assert time.monotonic() < limit, "a server process outlived torchrun"
+            time.sleep(0.1)
+        return self.process.stdout.read()  # type: ignore[union-attr]
+
+
+@contextmanager
+def split_server(serve_arguments: list[str]) -> Iterator[SplitServer]:
+    """Start `torchrun --nproc-per-node 2 -m dyllm serve ARGS --tensor-parallel 2` on a free
+    loopback port, wait for /health, and kill whatever is left at the end."""
     port = _free_port()
     environment = {
         **os.environ,
@@ -66,26 +90,38 @@ def test_serve_split_over_two_processes_answers_as_one_and_stops_on_sigterm() ->
     }
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command = [*launcher, "--nproc-per-node", "2", "-m", "dyllm", "serve", "--port", str(port)]
-    command += ["--model", "llada-ref", "--tensor-parallel", "2", "--batch-window-ms", "300"]
+    command += [*serve_arguments, "--tensor-parallel", "2"]
     process = subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    url = f"http://127.0.0.1:{port}"
-    workers: list[int] = []
+    server = SplitServer(process, f"http://127.0.0.1:{port}", [])
     try:
         limit = time.monotonic() + STARTUP_S
         while True:
             try:
-                if httpx.get(url + "/health").status_code == 200:
+                if httpx.get(server.url + "/health").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
             assert time.monotonic() < limit, f"the server did not come up in {STARTUP_S} s"
             time.sleep(0.1)
-        workers = _children(process.pid)
-        assert len(workers) == 2, workers
+        server.workers = _children(process.pid)
+        assert len(server.workers) == 2, server.workers
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in server.workers:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_serve_split_over_two_processes_answers_as_one_and_stops_on_sigterm() -> None:
+    with split_server(["--model", "llada-ref", "--batch-window-ms", "300"]) as server:
+        url = server.url
         model = dyllm.load(builtin_model_path("llada-ref"))
         prompts = [heldout_problems("sort")[0].prompt, heldout_problems("mul3")[1].prompt]
         expected = [
@@ -129,18 +165,5 @@ def test_serve_split_over_two_processes_answers_as_one_and_stops_on_sigterm() ->
         answer = client.completions.create(model="llada-ref", prompt=prompts[1], max_tokens=24)
         assert answer.choices[0].text == expected[1]
 
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        limit = time.monotonic() + 30
-        while not all(_gone(pid) for pid in workers):
-            assert time.monotonic() < limit, "a server process outlived torchrun"
-            time.sleep(0.1)
-        output = process.stdout.read()  # type: ignore[union-attr]
+        output = server.stop()
         assert "process 1 of 2: process 0 stopped serving; leaving" in output, output[-3000:]
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid in workers:
-            if not _gone(pid):
-                os.kill(pid, signal.SIGKILL)
