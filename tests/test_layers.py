@@ -128,3 +128,20 @@ def test_logit_range_applies_the_head_to_those_positions_only() -> None:
     window = model(ids, logit_range=(3, 7))
     assert window.shape == (2, 4, model.config.vocab_size)
     torch.testing.assert_close(window, model(ids)[:, 3:7], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("full_precision", [True, False])
+def test_rope_is_bitwise_the_rotate_half_form_on_permuted_heads(dtype, full_precision) -> None:
+    """`apply_rope` never builds rotate_half(x) (speed), yet each output element is the same
+    product and sum as `x * cos + cat(-x2, x1) * sin`, in the references' rounding order; on a
+    [B, H, L, D] view of [B, L, H * D] rows, as the layers call it."""
+    rows = torch.randn(3, 10, 4 * 16, generator=_generator(5)).to(dtype)
+    x = rows.view(3, 10, 4, 16).transpose(1, 2)
+    cos, sin = rope_angles(torch.arange(10)[None].expand(3, 10) * 13, 16, theta=1e4)
+    work = x.float() if full_precision else x
+    c, s = cos[:, None].to(work.dtype), sin[:, None].to(work.dtype)
+    written_out = work * c + torch.cat((-work[..., 8:], work[..., :8]), dim=-1) * s
+    out = apply_rope(x, cos, sin, full_precision)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, written_out.to(dtype), atol=0, rtol=0)
