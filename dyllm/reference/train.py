@@ -27,14 +27,10 @@ from tqdm import tqdm
 from dyllm.models import DiffusionTransformer, ModelConfig
 from dyllm.reference.encoding import DEFAULT_GEN_LENGTH, collate
 from dyllm.reference.export import export_checkpoint
-from dyllm.reference.long_tasks import (
-    LONG_ANSWER_LENGTH,
-    SUITES,
-    long_training_stream,
-)
+from dyllm.reference.long_tasks import LONG_ANSWER_LENGTH, SUITES
 from dyllm.reference.objective import diffusion_loss
 from dyllm.reference.quick_eval import quick_score
-from dyllm.reference.tasks import Problem, training_stream
+from dyllm.reference.tasks import Problem
 from dyllm.reference.vocab import VOCAB_SIZE, build_tokenizer, special_token_ids
 
 STATE_FILE = "train_state.pt"
@@ -102,7 +98,8 @@ def suite_quick_problems(suite: str, per_task: int) -> list[Problem]:
 
 def batches(seed: int, batch_size: int, skip: int, suite: str = "short") -> Iterator[list[Problem]]:
     """Batches of the seeded training stream, the first `skip` batches dropped (for resume)."""
-    stream = long_training_stream(seed) if suite == "long" else training_stream(seed)
+    tasks = SUITES[suite]
+    stream = tasks.training_stream(seed, tasks.training_mix, tasks.heldout_prompts)
     for _ in range(skip * batch_size):
         next(stream)
     while True:
