@@ -434,9 +434,7 @@ def _moe_rows(
     through their experts (the layer's own `feed_forward` stage), and their outputs are written
     into the FFN-output cache [B, L, d] at (rows.batch_index, positions) where valid; every other
     row keeps its cached output. hidden: [B, Q, d]; rows, positions: [N]."""
-    fresh = layer.feed_forward(rows.gather(hidden))  # [N, d]
-    old = ffn_out[rows.batch_index, positions]
-    ffn_out[rows.batch_index, positions] = torch.where(rows.valid[:, None], fresh, old)
+    rows.write_valid(ffn_out, positions, layer.feed_forward(rows.gather(hidden)))
 
 
 def _batch_column(index: torch.Tensor) -> torch.Tensor:

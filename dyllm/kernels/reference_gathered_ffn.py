@@ -63,5 +63,4 @@ def gathered_ffn_reference(
     fresh = swiglu(normed, weights.gate, weights.up, weights.down)
     if weights.reduce is not None:
         fresh = weights.reduce(fresh)
-    old = ffn_out[rows.batch_index, positions]
-    ffn_out[rows.batch_index, positions] = torch.where(rows.valid[:, None], fresh, old)
+    rows.write_valid(ffn_out, positions, fresh)

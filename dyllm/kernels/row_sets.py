@@ -88,3 +88,12 @@ class FlatRows:
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rows of `tensor` [B, L, ...] -> [N, ...]."""
         return tensor[self.batch_index, self.position]
+
+    def write_valid(
+        self, target: torch.Tensor, positions: torch.Tensor, values: torch.Tensor
+    ) -> None:
+        """Write `values` [N, F] into `target` [B, L, F] at (batch_index, positions [N]) for the
+        valid rows; the padding rows' places keep their values (positions distinct per
+        sequence)."""
+        old = target[self.batch_index, positions]
+        target[self.batch_index, positions] = torch.where(self.valid[:, None], values, old)
