@@ -47,14 +47,19 @@ RUNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def load_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The official-code fixture's LLaDA2 and a tiny random one, float32."""
     folder = tmp_path_factory.mktemp("llada2") / "tiny"
     write_tiny_moe_checkpoint("llada2", folder, seed=3)
     return {
         "official": dyllm.load(OFFICIAL, dtype="float32"),
         "tiny": dyllm.load(folder, dtype="float32"),
     }
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return load_models(tmp_path_factory)
 
 
 def recorded(model: Any, prompts: list[list[int]], **options: Any) -> tuple[Any, list[Any]]:

@@ -20,7 +20,6 @@ stale K/V or a missing key moves (> 1e-2); tokens are compared exactly.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,33 +40,21 @@ from dyllm.policies import (
     TopK,
 )
 from dyllm.policies.base import AttentionSignals, SaliencyPolicy, StepPlan
-from tests.moe_checkpoints import write_tiny_moe_checkpoint
+from tests.test_block_diffusion import (  # the same models, prompts and sampler settings
+    ATOL,
+    PROMPTS,
+    RTOL,
+    RUNS,
+    TINY_PROMPTS,
+    load_models,
+)
 
-OFFICIAL = Path(__file__).resolve().parent / "fixtures" / "official" / "llada2"
-ATOL, RTOL = 1e-4, 1e-5
-PROMPTS = [[230, 85, 5, 114, 183, 46], [17, 3], [9, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]]
-TINY_PROMPTS = [[token % 60 for token in prompt] for prompt in PROMPTS]  # vocabulary 64
-RUNS = {
-    "llada2": {"gen_length": 12, "block_length": 4, "steps": 4, "threshold": 0.6},
-    "llada2.1": {
-        "gen_length": 12,
-        "block_length": 4,
-        "threshold": 0.7,
-        "editing_threshold": 0.5,
-        "max_post_steps": 2,
-    },
-}
 SAMPLERS = list(RUNS)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    folder = tmp_path_factory.mktemp("llada2") / "tiny"
-    write_tiny_moe_checkpoint("llada2", folder, seed=3)
-    return {
-        "official": dyllm.load(OFFICIAL, dtype="float32"),
-        "tiny": dyllm.load(folder, dtype="float32"),
-    }
+    return load_models(tmp_path_factory)
 
 
 def prompts_of(name: str) -> list[list[int]]:
