@@ -103,30 +103,35 @@ def write_tiny_tokenizer(folder: Path) -> None:
     Ids: 0 <|startoftext|>, 1 <|endoftext|>, 2 <|eot_id|>, 3-94 printable ASCII, 95 newline,
     96 <|mdm_mask|>, matching the presets' bos/eos/mask ids.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     specials = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<|eot_id|>": 2, "<|mdm_mask|>": 96}
     vocab = {chr(code): 3 + code - 32 for code in range(32, 124)}
     vocab["\n"] = 95
-    vocab.update(specials)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    from tokenizers import AddedToken, decoders
-
-    tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([AddedToken(token, special=True) for token in specials])
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
     template = (
         "{% for message in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}"
         "{{ message['role'] + ': ' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
         "{{ 'assistant: ' }}"
     )
+    write_character_tokenizer(folder, vocab, specials, template)
+
+
+def write_character_tokenizer(
+    folder: Path, vocab: dict[str, int], specials: dict[str, int], chat_template: str
+) -> None:
+    """tokenizer.json (one token per character, `specials` as special tokens) and
+    tokenizer_config.json (the Llama-style special-token names and `chat_template`) in `folder`."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({**vocab, **specials}, unk_token="<|endoftext|>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([AddedToken(token, special=True) for token in specials])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
     config = {
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>",
         "mask_token": "<|mdm_mask|>",
-        "chat_template": template,
+        "chat_template": chat_template,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from dyllm.models.config import ModelConfig
 from dyllm.models.moe_config import read_moe_config
+from tests.checkpoints import write_character_tokenizer
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "llada_moe": {
@@ -181,29 +182,12 @@ def write_tiny_moe_tokenizer(folder: Path) -> None:
     """A character-level tokenizer.json (with a chat template) for the tiny MoE checkpoints'
     64-entry vocabulary: characters at ids 0-52, <|startoftext|> 60, <|eot_id|> 61,
     <|endoftext|> 62 and <|mdm_mask|> 63, matching their config's eos and mask ids."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
     specials = {"<|startoftext|>": 60, "<|eot_id|>": 61, "<|endoftext|>": 62, "<|mdm_mask|>": 63}
     vocab = {character: i for i, character in enumerate(MOE_TOKENIZER_CHARACTERS)}
     vocab.update({f"<|unused_{i}|>": i for i in range(len(vocab), 60)})
-    vocab.update(specials)
-    tokenizer = HFTokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([AddedToken(token, special=True) for token in specials])
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
     template = (
         "{{ bos_token }}{% for message in messages %}"
         "{{ message['role'] + ': ' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
     )
-    config = {
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "mask_token": "<|mdm_mask|>",
-        "chat_template": template,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    write_character_tokenizer(folder, vocab, specials, template)
